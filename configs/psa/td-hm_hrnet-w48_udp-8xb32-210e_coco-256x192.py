@@ -1,0 +1,3 @@
+# Baseline: mmpose's UDP-Pose HRNet-W48 256x192, unchanged.
+_base_ = 'mmpose::body_2d_keypoint/topdown_heatmap/coco/td-hm_hrnet-w48_udp-8xb32-210e_coco-256x192.py'
+custom_imports = dict(imports=['mmattn'], allow_failed_imports=False)

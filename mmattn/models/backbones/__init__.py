@@ -1,0 +1,1 @@
+from .attention_backbone import AttentionBackbone  # noqa: F401

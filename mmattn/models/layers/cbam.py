@@ -1,0 +1,141 @@
+"""Convolutional Block Attention Module (CBAM)."""
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_norm_layer
+from mmengine.model import BaseModule
+
+from mmattn.registry import MODELS
+from .helpers import build_act, check_input, check_int, reduced_channels
+
+__all__ = ['CBAM']
+
+
+def _build_act_arg(owner: str, arg: str, cfg) -> nn.Module:
+    """``build_act`` whose errors name the class and the argument."""
+    try:
+        return build_act(cfg)
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        err = TypeError if isinstance(e, TypeError) else ValueError
+        raise err(f'{owner}: {arg}={cfg!r} is not a valid activation ({e})') from e
+
+
+def _build_norm_arg(owner: str, cfg, num_features: int) -> nn.Module:
+    """mmcv ``build_norm_layer`` whose errors name the class and ``norm_cfg``."""
+    if not isinstance(cfg, dict):
+        raise TypeError(f"{owner}: norm_cfg must be a dict such as dict(type='BN'), got {cfg!r}")
+    try:
+        return build_norm_layer(cfg, num_features)[1]
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        err = TypeError if isinstance(e, TypeError) else ValueError
+        raise err(f'{owner}: norm_cfg={cfg!r} is not a valid norm ({e})') from e
+
+
+@MODELS.register_module()
+class CBAM(BaseModule):
+    """Convolutional Block Attention Module: a channel gate followed by a spatial gate.
+
+    Woo, Park, Lee, Kweon. "CBAM: Convolutional Block Attention Module", ECCV 2018,
+    arXiv:1807.06521 (released code: Jongchan/attention-module).
+
+    Channel gate: one MLP ``C -> C/r -> C`` (ReLU between) shared by the average- and the
+    max-pooled descriptors, summed, sigmoid::
+
+        a_c = sigmoid(mlp(avgpool(x)) + mlp(maxpool(x)))     # (N, C, 1, 1)
+        x'  = x * a_c
+
+    Spatial gate on ``x'``: the channel-max and channel-mean maps, concatenated in that order,
+    a ``k x k`` conv 2 -> 1 without bias, a norm, sigmoid::
+
+        a_s = sigmoid(norm(conv([max_c(x'), mean_c(x')])))  # (N, 1, H, W)
+        out = x' * a_s
+
+    Both MLP layers have a bias, as the released ``nn.Linear`` layers do (so ``mlp``'s output
+    bias enters the sum twice); they are written as 1x1 convs, the same weights reshaped.
+
+    Args:
+        in_channels (int): Channels ``C`` of the input (and output).
+        ratio (float): Reduction ratio ``r`` of the MLP, hidden width ``int(C / r)``.
+            Default: 16.
+        kernel_size (int): Odd size of the spatial conv. Default: 7.
+        no_spatial (bool): Channel gate only. Default: False.
+        act_cfg (dict | str | None): Activation inside the MLP. Default: ReLU.
+        norm_cfg (dict): Norm after the spatial conv. Default: BatchNorm with the released
+            ``momentum=0.01, eps=1e-5``. A BatchNorm in train mode cannot normalise a single
+            value per channel (batch 1 with a 1x1 map) and raises as torch does; use eval mode.
+        init_cfg (dict | list[dict], optional): mmengine initialisation config; when given it
+            replaces the default initialisation. Default: None.
+
+    Initialisation (the released ResNet's loop, applied to this module): MLP weights at
+    PyTorch's default (``nn.Linear``'s and a 1x1 ``nn.Conv2d``'s coincide), all biases zero,
+    spatial conv Kaiming-normal (fan_out), and the spatial norm's weight zero, so the spatial
+    gate starts as a constant 0.5.
+
+    Deviations from the released code:
+        None in the computation. Only the 'avg' + 'max' pooling of the paper is offered (the
+        release also has optional 'lp'/'lse' pooling, unused in its experiments); the spatial
+        kernel size and the norm are configurable.
+    """
+
+    _abbr_ = 'cbam'
+
+    def __init__(self,
+                 in_channels: int,
+                 ratio: float = 16,
+                 kernel_size: int = 7,
+                 no_spatial: bool = False,
+                 act_cfg: Union[dict, str, None] = dict(type='ReLU'),
+                 norm_cfg: dict = dict(type='BN', momentum=0.01, eps=1e-5),
+                 init_cfg: Optional[Union[dict, list]] = None):
+        super().__init__(init_cfg=init_cfg)
+        owner = type(self).__name__
+        check_int('in_channels', in_channels, 1, owner)
+        check_int('kernel_size', kernel_size, 1, owner)
+        if kernel_size % 2 == 0:
+            # 'same' padding needs an odd kernel
+            raise ValueError(f'{owner}: kernel_size must be odd, got {kernel_size}')
+        if not isinstance(no_spatial, bool):
+            raise TypeError(f'{owner}: no_spatial must be a bool, got {no_spatial!r}')
+        self.in_channels = in_channels
+        self.ratio = ratio
+        self.kernel_size = kernel_size
+        self.no_spatial = no_spatial
+        self.hidden_channels = reduced_channels(in_channels, ratio, owner)
+
+        self.fc1 = nn.Conv2d(in_channels, self.hidden_channels, 1, bias=True)
+        self.act = _build_act_arg(owner, 'act_cfg', act_cfg)
+        self.fc2 = nn.Conv2d(self.hidden_channels, in_channels, 1, bias=True)
+        if not no_spatial:
+            self.spatial_conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2,
+                                          bias=False)
+            self.spatial_norm = _build_norm_arg(owner, norm_cfg, 1)
+        self.init_weights()
+
+    def init_weights(self):
+        if self.init_cfg:
+            super().init_weights()
+            return
+        for fc in (self.fc1, self.fc2):
+            fc.reset_parameters()
+            nn.init.zeros_(fc.bias)
+        if not self.no_spatial:
+            nn.init.kaiming_normal_(self.spatial_conv.weight, mode='fan_out')
+            if getattr(self.spatial_norm, 'weight', None) is not None:
+                nn.init.zeros_(self.spatial_norm.weight)
+            if getattr(self.spatial_norm, 'bias', None) is not None:
+                nn.init.zeros_(self.spatial_norm.bias)
+
+    def _mlp(self, v: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(v)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.in_channels)
+        avg = x.mean(dim=(2, 3), keepdim=True)
+        mx = x.amax(dim=(2, 3), keepdim=True)
+        x = x * torch.sigmoid(self._mlp(avg) + self._mlp(mx))
+        if self.no_spatial:
+            return x
+        # order [max, mean] as released, so released weights load unchanged
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial_norm(self.spatial_conv(pooled)))

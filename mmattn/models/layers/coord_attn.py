@@ -1,0 +1,120 @@
+"""Coordinate attention."""
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_norm_layer
+from mmengine.model import BaseModule
+
+from mmattn.registry import MODELS
+from .helpers import build_act, check_input, check_int
+
+__all__ = ['CoordinateAttention']
+
+
+def _build_act_arg(owner: str, arg: str, cfg) -> nn.Module:
+    """``build_act`` whose errors name the class and the argument."""
+    try:
+        return build_act(cfg)
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        err = TypeError if isinstance(e, TypeError) else ValueError
+        raise err(f'{owner}: {arg}={cfg!r} is not a valid activation ({e})') from e
+
+
+def _build_norm_arg(owner: str, cfg, num_features: int) -> nn.Module:
+    """mmcv ``build_norm_layer`` whose errors name the class and ``norm_cfg``."""
+    if not isinstance(cfg, dict):
+        raise TypeError(f"{owner}: norm_cfg must be a dict such as dict(type='BN'), got {cfg!r}")
+    try:
+        return build_norm_layer(cfg, num_features)[1]
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        err = TypeError if isinstance(e, TypeError) else ValueError
+        raise err(f'{owner}: norm_cfg={cfg!r} is not a valid norm ({e})') from e
+
+
+@MODELS.register_module()
+class CoordinateAttention(BaseModule):
+    """Coordinate attention: channel attention factorised along the two spatial directions.
+
+    Hou, Zhou, Feng. "Coordinate Attention for Efficient Mobile Network Design", CVPR 2021,
+    arXiv:2103.02907 (released code: houqb/CoordAttention).
+
+    The input is average-pooled along W and along H, giving two direction-aware descriptors
+    that keep the position along the other axis. They are concatenated along the spatial axis,
+    encoded jointly, split again and turned into one gate per direction::
+
+        x_h = mean_W(x)                       # (N, C, H, 1)
+        x_w = mean_H(x) transposed            # (N, C, W, 1)
+        y   = act(norm(conv1([x_h; x_w])))    # 1x1 conv C -> mip, mip = max(min_mip, C // r)
+        y_h, y_w = split(y, [H, W])
+        a_h = sigmoid(conv_h(y_h))            # (N, C, H, 1)
+        a_w = sigmoid(conv_w(y_w)) transposed # (N, C, 1, W)
+        out = x * a_h * a_w
+
+    All three 1x1 convs have a bias (as released, ``conv1`` too despite the norm after it).
+
+    Args:
+        in_channels (int): Channels ``C`` of the input (and output).
+        reduction (int): Reduction ``r`` of the shared encoding. Default: 32.
+        min_mip (int): Lower bound of the encoding width ``mip``. Default: 8.
+        norm_cfg (dict): Norm after ``conv1``. Default: BatchNorm. It normalises ``H + W >= 2``
+            values per sample, so it also works in train mode on a batch of one.
+        act_cfg (dict | str | None): Activation of the encoding. Default: h-swish
+            (``x * relu6(x + 3) / 6``).
+        init_cfg (dict | list[dict], optional): mmengine initialisation config; when given it
+            replaces the default initialisation. Default: None.
+
+    Initialisation (the released MobileNetV2-CA's): conv weights ``N(0, 2 / (k*k*out))``, i.e.
+    Kaiming-normal fan_out, conv biases zero, norm weight one and bias zero.
+
+    Deviations from the released code:
+        None.
+    """
+
+    _abbr_ = 'coord'
+
+    def __init__(self,
+                 in_channels: int,
+                 reduction: int = 32,
+                 min_mip: int = 8,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: Union[dict, str, None] = dict(type='HSwish'),
+                 init_cfg: Optional[Union[dict, list]] = None):
+        super().__init__(init_cfg=init_cfg)
+        owner = type(self).__name__
+        check_int('in_channels', in_channels, 1, owner)
+        check_int('reduction', reduction, 1, owner)
+        check_int('min_mip', min_mip, 1, owner)
+        self.in_channels = in_channels
+        self.reduction = reduction
+        self.mip = max(min_mip, in_channels // reduction)
+        self.conv1 = nn.Conv2d(in_channels, self.mip, 1, bias=True)
+        self.norm = _build_norm_arg(owner, norm_cfg, self.mip)
+        self.act = _build_act_arg(owner, 'act_cfg', act_cfg)
+        self.conv_h = nn.Conv2d(self.mip, in_channels, 1, bias=True)
+        self.conv_w = nn.Conv2d(self.mip, in_channels, 1, bias=True)
+        self.init_weights()
+
+    def init_weights(self):
+        if self.init_cfg:
+            super().init_weights()
+            return
+        for conv in (self.conv1, self.conv_h, self.conv_w):
+            nn.init.kaiming_normal_(conv.weight, mode='fan_out')
+            nn.init.zeros_(conv.bias)
+        if getattr(self.norm, 'weight', None) is not None:
+            nn.init.ones_(self.norm.weight)
+        if getattr(self.norm, 'bias', None) is not None:
+            nn.init.zeros_(self.norm.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.in_channels)
+        h, w = x.shape[-2:]
+        x_h = x.mean(dim=3, keepdim=True)                      # (N, C, H, 1)
+        x_w = x.mean(dim=2, keepdim=True).permute(0, 1, 3, 2)  # (N, C, W, 1)
+        # one shared encoding of both directions, so conv1/norm see H + W positions
+        y = self.act(self.norm(self.conv1(torch.cat([x_h, x_w], dim=2))))
+        y_h, y_w = torch.split(y, [h, w], dim=2)
+        a_h = torch.sigmoid(self.conv_h(y_h))                          # (N, C, H, 1)
+        a_w = torch.sigmoid(self.conv_w(y_w.permute(0, 1, 3, 2)))      # (N, C, 1, W)
+        return x * a_h * a_w

@@ -1,0 +1,93 @@
+"""Efficient Channel Attention (ECA)."""
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModule
+
+from mmattn.registry import MODELS
+from .helpers import check_input, check_int, check_positive
+
+__all__ = ['EfficientChannelAttention', 'eca_kernel_size']
+
+
+def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
+    """The paper's adaptive kernel size: ``t = int(|(log2(C) + b) / gamma|)``, made odd by
+    rounding an even ``t`` up (so C=64 -> 3 and C=128, 256, 512 -> 5 with gamma=2, b=1)."""
+    t = int(abs((math.log2(channels) + b) / gamma))
+    return t if t % 2 else t + 1
+
+
+@MODELS.register_module()
+class EfficientChannelAttention(BaseModule):
+    """Efficient Channel Attention: an SE-like gate without dimensionality reduction.
+
+    Wang, Wu, Zhu, Li, Zuo, Hu. "ECA-Net: Efficient Channel Attention for Deep Convolutional
+    Neural Networks", CVPR 2020, arXiv:1910.03151 (released code: BangguWu/ECANet).
+
+    The globally average-pooled feature is read as a length-``C`` sequence and convolved by a
+    single 1-D kernel of size ``k`` (no bias, zero padding ``(k - 1) / 2``), so each channel's
+    gate depends on its ``k`` neighbouring channels::
+
+        y = conv1d(avgpool(x) as (N, 1, C))      # local cross-channel interaction
+        out = x * sigmoid(y)
+
+    Args:
+        in_channels (int): Channels ``C`` of the input (and output).
+        kernel_size (int, optional): Odd kernel size ``k``. Default: None, the paper's adaptive
+            size from ``C``, ``gamma`` and ``b`` (see :func:`eca_kernel_size`).
+        gamma (float): ``gamma`` of the adaptive rule. Default: 2.
+        b (float): ``b`` of the adaptive rule. Default: 1.
+        init_cfg (dict | list[dict], optional): mmengine initialisation config; when given it
+            replaces the default initialisation. Default: None.
+
+    The chosen size is exposed as ``self.kernel_size``. Initialisation: PyTorch's default for
+    ``Conv1d`` (the released ResNets re-initialise only ``Conv2d``, leaving ECA's ``Conv1d`` at
+    the default).
+
+    Deviations from the released code:
+        None in the computation. The released ``eca_layer`` defaults to ``k_size=3``; here the
+        default is the paper's adaptive kernel (3 for C=64, 5 for C=128..512).
+    """
+
+    _abbr_ = 'eca'
+
+    def __init__(self,
+                 in_channels: int,
+                 kernel_size: Optional[int] = None,
+                 gamma: float = 2,
+                 b: float = 1,
+                 init_cfg: Optional[Union[dict, list]] = None):
+        super().__init__(init_cfg=init_cfg)
+        owner = type(self).__name__
+        check_int('in_channels', in_channels, 1, owner)
+        check_positive('gamma', gamma, owner)
+        if isinstance(b, bool) or not isinstance(b, (int, float)):
+            raise TypeError(f'{owner}: b must be a number, got {type(b).__name__} ({b!r})')
+        if kernel_size is None:
+            kernel_size = eca_kernel_size(in_channels, gamma, b)
+        else:
+            check_int('kernel_size', kernel_size, 1, owner)
+            if kernel_size % 2 == 0:
+                # an even kernel cannot be centred on its channel with symmetric padding
+                raise ValueError(f'{owner}: kernel_size must be odd, got {kernel_size}')
+        self.in_channels = in_channels
+        self.kernel_size = kernel_size
+        self.gamma = gamma
+        self.b = b
+        self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+        self.init_weights()
+
+    def init_weights(self):
+        if self.init_cfg:
+            super().init_weights()
+            return
+        self.conv.reset_parameters()  # PyTorch default, as in the released models
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.in_channels)
+        n, c = x.shape[:2]
+        y = x.mean(dim=(2, 3)).reshape(n, 1, c)  # channels as a 1-D sequence
+        y = self.conv(y).reshape(n, c, 1, 1)
+        return x * torch.sigmoid(y)

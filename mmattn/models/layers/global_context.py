@@ -1,0 +1,114 @@
+"""Global context block (GCNet) with the paper's defaults and proper argument checks."""
+import copy
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+from mmcv.cnn import ContextBlock
+from mmengine.model import BaseModule
+
+from mmattn.registry import MODELS
+from .helpers import check_choice, check_input, check_int, check_positive
+
+__all__ = ['GlobalContextBlock']
+
+_FUSIONS = ('channel_add', 'channel_mul')
+
+
+@MODELS.register_module()
+class GlobalContextBlock(ContextBlock, BaseModule):
+    """Global context (GC) block: one attention-pooled context vector per image, transformed by
+    a bottleneck and added to (or multiplied into) every position.
+
+    Cao, Xu, Lin, Wei, Hu. "GCNet: Non-local Networks Meet Squeeze-Excitation Networks and
+    Beyond", ICCV 2019 workshops, arXiv:1904.11492 (released code: xvjiarui/GCNet, on mmdet).
+
+    ::
+
+        w = softmax over the HW positions of conv_mask(x)         # 1x1 conv C -> 1, with bias
+        ctx = sum_j w_j x_j                                        # (N, C, 1, 1)
+        t(ctx) = conv(relu(LayerNorm([C*r, 1, 1])(conv(ctx))))     # C -> C*r -> C, with biases
+        out = x * sigmoid(t_mul(ctx)) + t_add(ctx)                 # each term if fused
+
+    With the default ``fusion_types=('channel_add',)`` the last conv of the transform is
+    zero-initialised, so the block starts as the identity.
+
+    What this subclass adds to mmcv's :class:`~mmcv.cnn.ContextBlock` (whose weight layout,
+    state dict keys and ``_abbr_`` it keeps, so its checkpoints load unchanged):
+
+    - the paper's default ``ratio=1/16`` (mmcv requires it);
+    - ``ValueError``/``TypeError`` naming the argument instead of ``assert`` (a bare string for
+      ``fusion_types``, an unknown pooling or fusion, a ratio leaving no bottleneck channel),
+      input checks, mmengine ``init_cfg``.
+
+    The computation is mmcv's, unchanged: it matches SPEC 2.7 (softmax over the HW positions,
+    ``LayerNorm([C*r, 1, 1])``, zero last conv) and was checked to run unchanged on
+    channels_last input, under autocast and through ``torch.export``.
+
+    Args:
+        in_channels (int): Channels ``C`` of the input (and output).
+        ratio (float): Bottleneck width as a fraction of ``C`` (``planes = int(C * ratio)``), in
+            ``(0, 1]``. Default: 1/16.
+        pooling_type (str): ``'att'`` (attention pooling, the paper's) or ``'avg'`` (global
+            average pooling). Default: 'att'.
+        fusion_types (Sequence[str]): Non-empty subset of ``('channel_add', 'channel_mul')``.
+            Default: ``('channel_add',)``.
+        init_cfg (dict | list[dict], optional): mmengine initialisation config; when given it
+            replaces the default initialisation. Default: None.
+
+    Initialisation (as released): ``conv_mask`` Kaiming-normal (fan_in), the last conv of each
+    transform zero, the other layers PyTorch's defaults.
+
+    Deviations from the released code:
+        None in the computation (mmcv's ``ContextBlock`` is the released one). As released, with
+        ``'channel_mul'`` the zero last conv gives ``x * sigmoid(0) = x / 2`` at init, not the
+        identity.
+    """
+
+    _abbr_ = 'context_block'
+
+    def __init__(self,
+                 in_channels: int,
+                 ratio: float = 1. / 16,
+                 pooling_type: str = 'att',
+                 fusion_types: Sequence[str] = ('channel_add', ),
+                 init_cfg: Optional[Union[dict, list]] = None):
+        owner = type(self).__name__
+        check_int('in_channels', in_channels, 1, owner)
+        check_positive('ratio', ratio, owner)
+        if ratio > 1:
+            raise ValueError(f'{owner}: ratio is the bottleneck width as a fraction of '
+                             f'in_channels and must be in (0, 1], got {ratio} (the paper uses '
+                             f'1/16; did you mean 1/{ratio}?)')
+        if int(in_channels * ratio) < 1:
+            raise ValueError(
+                f'{owner}: in_channels={in_channels} is too small for ratio={ratio} (gives '
+                f'int({in_channels} * {ratio}) = 0 bottleneck channels); use in_channels >= '
+                f'{math.ceil(1 / ratio)} or a larger ratio')
+        check_choice('pooling_type', pooling_type, ('att', 'avg'), owner)
+        if not isinstance(fusion_types, (list, tuple)):
+            raise TypeError(f'{owner}: fusion_types must be a list or tuple of names from '
+                            f'{list(_FUSIONS)}, got {type(fusion_types).__name__} '
+                            f'({fusion_types!r})')
+        if not fusion_types:
+            raise ValueError(f'{owner}: fusion_types must name at least one of '
+                             f'{list(_FUSIONS)}, got {fusion_types!r}')
+        for fusion in fusion_types:
+            check_choice('fusion_types', fusion, _FUSIONS, owner)
+        if len(set(fusion_types)) != len(fusion_types):
+            raise ValueError(f'{owner}: fusion_types has a repeated entry: {fusion_types!r}')
+        super().__init__(in_channels, ratio, pooling_type=pooling_type,
+                         fusion_types=tuple(fusion_types))
+        # ContextBlock's super().__init__() reached BaseModule without init_cfg
+        self.init_cfg = copy.deepcopy(init_cfg)
+        self.init_weights()
+
+    def init_weights(self):
+        if self.init_cfg:
+            BaseModule.init_weights(self)
+            return
+        self.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.in_channels)
+        return super().forward(x)

@@ -1,0 +1,126 @@
+"""Helpers shared by every attention module: channel rounding, activation by name, and the
+argument/input checks that turn user mistakes into messages naming what was expected."""
+from typing import Optional, Sequence, Union
+
+import torch
+from mmcv.cnn import build_activation_layer
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None,
+                   round_limit: float = 0.9) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, not below ``min_value`` and not
+    more than ``1 - round_limit`` below ``value`` (the rule used by MobileNet/timm)."""
+    min_value = min_value or divisor
+    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new_value < round_limit * value:
+        new_value += divisor
+    return new_value
+
+
+def act_cfg_from_name(act: Union[str, dict, None]) -> Optional[dict]:
+    """Accept an activation as a short name ('relu', 'gelu', 'hswish', 'sigmoid', ...) or an
+    mmcv ``act_cfg`` dict; return the dict (``None`` stays ``None``: no activation)."""
+    if act is None or isinstance(act, dict):
+        return act
+    if not isinstance(act, str):
+        raise TypeError(f'act must be a name, an act_cfg dict or None, got {type(act).__name__}')
+    aliases = {
+        'relu': 'ReLU', 'relu6': 'ReLU6', 'gelu': 'GELU', 'silu': 'SiLU', 'swish': 'Swish',
+        'hswish': 'HSwish', 'hard_swish': 'HSwish', 'hsigmoid': 'HSigmoid',
+        'hard_sigmoid': 'HSigmoid', 'sigmoid': 'Sigmoid', 'tanh': 'Tanh', 'prelu': 'PReLU',
+        'leaky_relu': 'LeakyReLU', 'elu': 'ELU', 'mish': 'Mish',
+    }
+    key = act.lower()
+    if key not in aliases:
+        raise ValueError(f"unknown activation '{act}'; expected one of {sorted(aliases)}")
+    return dict(type=aliases[key])
+
+
+def build_act(act: Union[str, dict, None]) -> torch.nn.Module:
+    """Build an activation module from a name or an ``act_cfg`` (``None`` gives Identity)."""
+    cfg = act_cfg_from_name(act)
+    if cfg is None:
+        return torch.nn.Identity()
+    return build_activation_layer(cfg)
+
+
+# ----------------------------------------------------------------------------- argument checks
+def check_int(name: str, value, minimum: int = 1, owner: str = '') -> int:
+    """Raise TypeError/ValueError naming ``name`` unless ``value`` is an int >= ``minimum``."""
+    prefix = f'{owner}: ' if owner else ''
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'{prefix}{name} must be an int, got {type(value).__name__} ({value!r})')
+    if value < minimum:
+        raise ValueError(f'{prefix}{name} must be >= {minimum}, got {value}')
+    return value
+
+
+def check_positive(name: str, value, owner: str = '') -> float:
+    """Raise unless ``value`` is a real number > 0."""
+    prefix = f'{owner}: ' if owner else ''
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f'{prefix}{name} must be a number, got {type(value).__name__}')
+    if not value > 0:
+        raise ValueError(f'{prefix}{name} must be > 0, got {value}')
+    return value
+
+
+def check_choice(name: str, value, choices: Sequence, owner: str = ''):
+    """Raise ValueError naming ``name`` and the allowed values unless ``value`` is one of them."""
+    if value not in choices:
+        prefix = f'{owner}: ' if owner else ''
+        raise ValueError(f'{prefix}{name} must be one of {list(choices)}, got {value!r}')
+    return value
+
+
+def check_divisible(name: str, value: int, divisor_name: str, divisor: int, owner: str = ''):
+    """Raise ValueError unless ``divisor`` divides ``value``."""
+    if value % divisor:
+        prefix = f'{owner}: ' if owner else ''
+        raise ValueError(f'{prefix}{name}={value} must be divisible by {divisor_name}={divisor}')
+
+
+def reduced_channels(in_channels: int, ratio: float, owner: str, min_channels: int = 1,
+                     divisor: Optional[int] = None) -> int:
+    """Channels of a bottleneck ``in_channels / ratio``; raise when that leaves fewer than
+    ``min_channels`` (e.g. SE with ratio 16 on 8 channels) instead of building a 0-wide conv."""
+    check_positive('ratio', ratio, owner)
+    hidden = in_channels / ratio
+    hidden = make_divisible(hidden, divisor) if divisor else int(hidden)
+    if hidden < min_channels:
+        raise ValueError(
+            f'{owner}: in_channels={in_channels} is too small for reduction ratio={ratio} '
+            f'(gives {hidden} hidden channels, need >= {min_channels}); use in_channels >= '
+            f'{int(min_channels * ratio)} or a smaller ratio')
+    return hidden
+
+
+# ----------------------------------------------------------------------------- input checks
+def check_input(module: torch.nn.Module, x, channels: Optional[int] = None,
+                min_size: Union[int, Sequence[int]] = 1, divisible_by: int = 1) -> None:
+    """Raise ValueError naming the module and the expected shape unless ``x`` is a
+    ``(N, channels, H, W)`` tensor with ``H, W >= min_size`` (and divisible by ``divisible_by``).
+
+    Called at the top of every forward so a wrong feature map fails here, not deep in torch.
+    Cheap: it reads only ``x.shape``; skipped while tracing/exporting to keep graphs clean.
+    """
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return
+    name = type(module).__name__
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'{name} expects a tensor of shape (N, C, H, W), got {type(x).__name__}')
+    expected_c = 'C' if channels is None else str(channels)
+    if x.dim() != 4:
+        raise ValueError(f'{name} expects a 4-D input (N, {expected_c}, H, W), '
+                         f'got shape {tuple(x.shape)}')
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f'{name} was built for in_channels={channels}; expected input '
+                         f'(N, {channels}, H, W), got shape {tuple(x.shape)}')
+    min_h, min_w = (min_size, min_size) if isinstance(min_size, int) else tuple(min_size)
+    h, w = x.shape[-2:]
+    if h < min_h or w < min_w:
+        raise ValueError(f'{name} needs a feature map of at least {min_h}x{min_w}, '
+                         f'got {h}x{w} (input shape {tuple(x.shape)})')
+    if divisible_by > 1 and (h % divisible_by or w % divisible_by):
+        raise ValueError(f'{name} needs H and W divisible by {divisible_by}, got {h}x{w} '
+                         f'(input shape {tuple(x.shape)})')

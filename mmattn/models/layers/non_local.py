@@ -1,0 +1,190 @@
+"""Non-local block (embedded Gaussian) with a fused attention core that never forms the
+(HW x HW) affinity matrix."""
+import copy
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import NonLocal2d
+from mmengine.model import BaseModule, constant_init, normal_init
+
+from mmattn.registry import MODELS
+from .helpers import check_choice, check_input, check_int, check_positive, reduced_channels
+
+__all__ = ['FusedNonLocal2d']
+
+
+def fused_softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            scale: float) -> torch.Tensor:
+    """``softmax(scale * query key^T, dim=-1) value`` for ``(N, L, d)`` inputs, without forming
+    the ``(Lq x Lk)`` matrix.
+
+    Runs :func:`torch.nn.functional.scaled_dot_product_attention` (one head), which tiles the
+    softmax (flash / memory-efficient kernels). ``query``/``key`` share their last dim ``d``;
+    ``value`` may have another (``dv``). All three are cast to ``value``'s dtype so the kernel
+    sees one dtype under autocast. PyTorch's CPU flash kernel requires ``d == dv`` and otherwise
+    falls back to the explicit math path; on CPU the narrower side is therefore zero-padded,
+    which leaves every dot product (and so the result) exactly unchanged. CUDA's
+    memory-efficient kernel accepts ``dv != d`` directly.
+    """
+    query = query.to(value.dtype).unsqueeze(1)
+    key = key.to(value.dtype).unsqueeze(1)
+    value = value.unsqueeze(1)
+    d, dv = query.shape[-1], value.shape[-1]
+    if query.device.type == 'cpu' and d != dv:
+        if d < dv:
+            query = F.pad(query, (0, dv - d))
+            key = F.pad(key, (0, dv - d))
+        else:
+            value = F.pad(value, (0, d - dv))
+    out = F.scaled_dot_product_attention(query, key, value, scale=scale)
+    return out[..., :dv].squeeze(1)
+
+
+def _conv_of(module: nn.Module) -> nn.Conv2d:
+    """The conv of a ConvModule, also when ``sub_sample`` wrapped it as ``Sequential(cm, pool)``."""
+    if isinstance(module, nn.Sequential):
+        module = module[0]
+    return module.conv
+
+
+@MODELS.register_module()
+class FusedNonLocal2d(NonLocal2d, BaseModule):
+    """Non-local block, embedded-Gaussian by default, computed with a fused attention kernel.
+
+    Wang, Girshick, Gupta, He. "Non-local Neural Networks", CVPR 2018, arXiv:1711.07971
+    (released code: facebookresearch/video-nonlocal-net, Caffe2).
+
+    With ``theta, phi, g`` 1x1 convs ``C -> C/reduction`` (``phi`` and ``g`` optionally followed
+    by a 2x2 max-pool, ``sub_sample``)::
+
+        y_i = sum_j softmax_j(theta(x)_i . phi(x)_j) g(x)_j       # over all positions j
+        z = x + W_z(y)                                             # W_z: 1x1 conv C/r -> C, norm
+
+    The norm after ``W_z`` (BN by default) starts with zero scale and bias (``zeros_init``), so
+    the block starts as the identity.
+
+    What this subclass adds to mmcv's :class:`~mmcv.cnn.NonLocal2d` (whose weight layout, state
+    dict keys and ``_abbr_`` it keeps, so its checkpoints load unchanged):
+
+    - the attention is computed with ``scaled_dot_product_attention``: memory ``O(HW * d)``
+      instead of the ``(HW x HW)`` affinity matrix mmcv materialises (``(HW)^2`` time remains);
+      ``mode='dot_product'`` is reassociated as ``theta (phi^T g) / N_k`` (linear in HW);
+    - the paper's defaults: ``use_scale=False`` (mmcv: True) and a BN after ``W_z`` (mmcv: none);
+    - argument validation with ``ValueError``/``TypeError`` naming the argument, input checks,
+      mmengine ``init_cfg``; ``init_weights()`` also works after construction with
+      ``sub_sample=True`` (mmcv's raises ``AttributeError`` there, as the pooled branches are
+      wrapped in ``Sequential``).
+
+    Args:
+        in_channels (int): Channels ``C`` of the input (and output).
+        reduction (int): ``C / reduction`` channels for ``theta, phi, g``. Default: 2.
+        use_scale (bool): Divide the affinities by ``sqrt(C / reduction)`` before the softmax
+            (embedded Gaussian only). Default: False, as in the paper.
+        sub_sample (bool): 2x2 max-pool after ``phi`` and ``g`` (the paper's variant that cuts
+            the pairwise cost by 4). Default: False.
+        mode (str): ``'embedded_gaussian'`` (paper's default), ``'gaussian'`` (``theta``,
+            ``phi`` are the identity) or ``'dot_product'`` (no softmax, affinities divided by the
+            number of key positions). mmcv's ``'concatenation'`` needs the explicit pairwise
+            tensor and is not offered (use mmcv's ``NonLocal2d``). Default: 'embedded_gaussian'.
+        conv_cfg (dict, optional): Conv layer config. Default: ``dict(type='Conv2d')``.
+        norm_cfg (dict, optional): Norm after ``W_z``; None gives a biased conv, zero-initialised
+            instead. Default: ``dict(type='BN')``.
+        std (float): Std of the normal init of ``theta, phi, g`` (biases 0). Default: 0.01.
+        zeros_init (bool): Zero-init the norm after ``W_z`` (identity at init); False gives it a
+            normal init with ``std``. Default: True.
+        init_cfg (dict | list[dict], optional): mmengine initialisation config; when given it
+            replaces the default initialisation. Default: None.
+
+    Deviations from the released code:
+        The released Caffe2 models initialise ``theta, phi, g, W_z`` with std 0.01 and put an
+        affine BN with zero-initialised scale after ``W_z`` (as here); they compute the same
+        softmax over all positions. mmcv's defaults differ from the paper (``use_scale=True``,
+        no norm) and are not the defaults here; pass them to reproduce mmcv's ``NonLocal2d``
+        exactly (same outputs, tested).
+    """
+
+    _abbr_ = 'nonlocal_block'
+
+    def __init__(self,
+                 in_channels: int,
+                 reduction: int = 2,
+                 use_scale: bool = False,
+                 sub_sample: bool = False,
+                 mode: str = 'embedded_gaussian',
+                 conv_cfg: Optional[dict] = dict(type='Conv2d'),
+                 norm_cfg: Optional[dict] = dict(type='BN'),
+                 std: float = 0.01,
+                 zeros_init: bool = True,
+                 init_cfg: Optional[Union[dict, list]] = None):
+        owner = type(self).__name__
+        check_int('in_channels', in_channels, 1, owner)
+        check_int('reduction', reduction, 1, owner)
+        reduced_channels(in_channels, reduction, owner)  # raises when C // reduction == 0
+        check_choice('mode', mode, ('embedded_gaussian', 'gaussian', 'dot_product'), owner)
+        for name, value in (('use_scale', use_scale), ('sub_sample', sub_sample),
+                            ('zeros_init', zeros_init)):
+            if not isinstance(value, bool):
+                raise TypeError(f'{owner}: {name} must be a bool, got '
+                                f'{type(value).__name__} ({value!r})')
+        for name, value in (('conv_cfg', conv_cfg), ('norm_cfg', norm_cfg)):
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f'{owner}: {name} must be a dict or None, got '
+                                f'{type(value).__name__} ({value!r})')
+        check_positive('std', std, owner)
+        super().__init__(
+            in_channels,
+            sub_sample=sub_sample,
+            conv_cfg=conv_cfg,
+            reduction=reduction,
+            use_scale=use_scale,
+            norm_cfg=norm_cfg,
+            mode=mode,
+            std=std,
+            zeros_init=zeros_init)
+        # _NonLocalNd's super().__init__() reached BaseModule without init_cfg
+        self.init_cfg = copy.deepcopy(init_cfg)
+        self.std = std
+        self.zeros_init = zeros_init
+        self.init_weights()
+
+    def init_weights(self, std: Optional[float] = None, zeros_init: Optional[bool] = None):
+        """Paper init (normal ``std`` for ``theta, phi, g``; zero norm after ``W_z``), or
+        mmengine's ``init_cfg`` when one was given. mmcv's constructor calls this with
+        ``std``/``zeros_init`` before they are stored."""
+        if self.init_cfg:
+            BaseModule.init_weights(self)
+            return
+        std = self.std if std is None else std
+        zeros_init = self.zeros_init if zeros_init is None else zeros_init
+        branches = [self.g] if self.mode == 'gaussian' else [self.g, self.theta, self.phi]
+        for branch in branches:
+            normal_init(_conv_of(branch), std=std)
+        last = self.conv_out.conv if self.conv_out.norm_cfg is None else self.conv_out.norm
+        if zeros_init:
+            constant_init(last, 0)
+        else:
+            normal_init(last, std=std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.in_channels)
+        n, _, h, w = x.shape
+        # (N, L, d) layouts: positions as rows
+        value = self.g(x).flatten(2).transpose(1, 2)
+        if self.mode == 'gaussian':
+            query = x.flatten(2).transpose(1, 2)
+            key = (self.phi(x) if self.sub_sample else x).flatten(2).transpose(1, 2)
+        else:
+            query = self.theta(x).flatten(2).transpose(1, 2)
+            key = self.phi(x).flatten(2).transpose(1, 2)
+        if self.mode == 'dot_product':
+            # (theta phi^T / N_k) g == theta (phi^T g) / N_k: a (d x d) matrix, not (HW x N_k)
+            y = torch.matmul(query, torch.matmul(key.transpose(1, 2), value)) / key.shape[1]
+        else:
+            scale = 1.0
+            if self.mode == 'embedded_gaussian' and self.use_scale:
+                scale = query.shape[-1]**-0.5
+            y = fused_softmax_attention(query, key, value, scale)
+        y = y.transpose(1, 2).reshape(n, self.inter_channels, h, w)
+        return x + self.conv_out(y)

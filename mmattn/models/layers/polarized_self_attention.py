@@ -1,0 +1,216 @@
+"""Polarized Self-Attention (PSA), parallel and sequential layouts, released and paper maths."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+
+from mmattn.registry import MODELS
+
+from .helpers import check_choice, check_input, check_int
+
+__all__ = ['PolarizedSelfAttention']
+
+_OWNER = 'PolarizedSelfAttention'
+
+
+def _softmax(t: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax computed in float32 for half/bfloat16 inputs (exp over many positions loses
+    too much in 8-10 mantissa bits); float32/float64 stay as they are."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return torch.softmax(t, dim, dtype=torch.float32)
+    return torch.softmax(t, dim)
+
+
+def _mat(conv: nn.Conv2d) -> torch.Tensor:
+    """The (out, in) matrix of a 1x1 convolution."""
+    return conv.weight.flatten(1)
+
+
+@MODELS.register_module()
+class PolarizedSelfAttention(BaseModule):
+    """Polarized Self-Attention (Liu et al. 2021, "Polarized Self-Attention: Towards
+    High-quality Pixel-wise Regression", arXiv 2107.00782; code DeLightCMU/PSA).
+
+    Two attention branches, each keeping full resolution along one axis and collapsing the
+    other (C = ``in_channels``, all q/v convolutions 1x1 without bias):
+
+    * channel branch: ``p = softmax_HW(conv_q_right(x))`` (C -> 1), ``ctx = conv_v_right(x) @
+      p`` (C -> C/2, pooled over HW), ``a_ch = sigmoid(conv_up(ctx))`` (C/2 -> C), one weight
+      per channel;
+    * spatial branch: ``g = avgpool(conv_q_left(x))`` (C -> C/2), ``theta = conv_v_left(x)``
+      (C -> C/2), ``a_sp = sigmoid(f(g, theta))`` with one weight per position.
+
+    ``mode='parallel'`` returns ``x * a_ch + x * a_sp`` (``PSA_p``); ``mode='sequential'``
+    returns ``spatial(channel(x))``, the spatial branch run on ``x * a_ch`` (``PSA_s``).
+
+    ``formulation='released'`` (default; the published checkpoints need it) is the authors'
+    code: ``PSA_p`` has ``a_sp = sigmoid(softmax_HW(g @ theta))`` and ``conv_up`` a single conv
+    C/2 -> C; ``PSA_s`` has ``a_sp = sigmoid(g @ softmax_HW(theta))`` (softmax per channel of
+    ``theta``, none on ``g``) and ``conv_up`` a bottleneck conv(C/2 -> C/8, bias) ->
+    LayerNorm([C/8, 1, 1]) -> ReLU -> conv(C/8 -> C, bias).
+    ``formulation='paper'`` follows the paper's equations (3)-(6): ``a_ch =
+    sigmoid(LayerNorm_C(conv_up(ctx)))`` and ``a_sp = sigmoid(softmax_C/2(g) @ theta)``. The
+    paper writes one ``W_z`` for both layouts, so in the paper form ``conv_up`` is always the
+    single conv C/2 -> C without bias, followed by ``norm_up`` = LayerNorm([C, 1, 1]); the
+    bottleneck exists only in the released ``PSA_s``.
+
+    Parameter names and shapes are the released ones (``conv_q_right``, ``conv_v_right``,
+    ``conv_q_left``, ``conv_v_left``, ``conv_up`` / ``conv_up.{0,1,3}``), so a released block's
+    state dict (the keys after ``...deattn.``) loads with ``strict=True``.
+
+    Args:
+        in_channels (int): Input (= output) channels C. Must be even (the branches use C/2
+            channels); with ``mode='sequential'`` and the released formulation also divisible
+            by 8 (the ``conv_up`` bottleneck has C/8 channels).
+        mode (str): ``'parallel'`` (PSA_p) or ``'sequential'`` (PSA_s).
+        formulation (str): ``'released'`` (authors' code) or ``'paper'`` (paper equations).
+        init_cfg (dict | list[dict], optional): mmengine initialisation config; when omitted,
+            the released init is used: kaiming normal (fan_in, relu) on the four q/v convs,
+            PyTorch's default on ``conv_up``.
+
+    Deviations from the released code:
+        * The forward is reassociated (exact up to float rounding): every product in front of
+          a softmax is linear in ``x``, so the pooled vectors are computed first and contracted
+          with ``x`` (e.g. ``g @ conv_v_left(x) = (W_v_left^T g) . x``), and no C/2 x HW map is
+          formed except ``theta`` in the released ``PSA_s``, which needs its per-channel
+          softmax. In ``PSA_s`` the channel weights are folded into ``conv_v_left`` per sample
+          instead of materialising ``x * a_ch``. The three C -> C/2 convolutions over HW (and
+          their activations) become matrix-vector products; what remains over HW is reading
+          ``x`` a few times (and, in the released ``PSA_s``, the ``theta`` convolution).
+        * Softmaxes run in float32 under autocast (the released code follows autocast).
+        * No ``inplanes``/``planes``/``kernel_size``/``stride`` arguments: the released blocks
+          are always built with ``planes == inplanes``, 1x1 kernels and stride 1.
+        * The released code floors C/2/4 for the bottleneck; here C must be divisible by 8
+          instead of silently rounding (every released checkpoint has C in {48, 96, 192, 384}).
+        * The released method names are swapped (``spatial_pool`` computes the channel
+          branch); here the names say what is computed.
+    """
+    _abbr_ = 'polarized_attn'
+
+    def __init__(self, in_channels: int, mode: str = 'parallel', formulation: str = 'released',
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        check_int('in_channels', in_channels, minimum=2, owner=_OWNER)
+        check_choice('mode', mode, ('parallel', 'sequential'), owner=_OWNER)
+        check_choice('formulation', formulation, ('released', 'paper'), owner=_OWNER)
+        if in_channels % 2:
+            raise ValueError(f'{_OWNER}: in_channels={in_channels} must be even (both branches '
+                             f'use in_channels/2 channels)')
+        bottleneck = mode == 'sequential' and formulation == 'released'
+        if bottleneck and in_channels % 8:
+            raise ValueError(
+                f"{_OWNER}: in_channels={in_channels} must be divisible by 8 with "
+                f"mode='sequential' and formulation='released' (its conv_up bottleneck has "
+                f'in_channels/8 channels)')
+        self.in_channels = in_channels
+        self.mode = mode
+        self.formulation = formulation
+        half = in_channels // 2
+
+        # channel branch ("right" in the released code)
+        self.conv_q_right = nn.Conv2d(in_channels, 1, 1, bias=False)
+        self.conv_v_right = nn.Conv2d(in_channels, half, 1, bias=False)
+        if bottleneck:
+            # indices 0, 1, 3 are the released checkpoint keys (2 is the parameter-free ReLU)
+            self.conv_up = nn.Sequential(
+                nn.Conv2d(half, in_channels // 8, 1),
+                nn.LayerNorm([in_channels // 8, 1, 1]),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(in_channels // 8, in_channels, 1))
+        else:
+            self.conv_up = nn.Conv2d(half, in_channels, 1, bias=False)
+        # the paper's LayerNorm over the C outputs of W_z, before the sigmoid
+        self.norm_up = nn.LayerNorm([in_channels, 1, 1]) if formulation == 'paper' else None
+        # spatial branch ("left"): g = conv_q_left, theta = conv_v_left
+        self.conv_q_left = nn.Conv2d(in_channels, half, 1, bias=False)
+        self.conv_v_left = nn.Conv2d(in_channels, half, 1, bias=False)
+
+        self.init_weights()
+
+    def init_weights(self):
+        if self.init_cfg:
+            super().init_weights()
+            return
+        # the released reset_parameters: kaiming normal fan_in/relu on q/v, conv_up untouched
+        for conv in (self.conv_q_right, self.conv_v_right, self.conv_q_left, self.conv_v_left):
+            nn.init.kaiming_normal_(conv.weight, a=0, mode='fan_in', nonlinearity='relu')
+
+    # ------------------------------------------------------------------ channel branch
+    def _channel_logits(self, ctx: torch.Tensor) -> torch.Tensor:
+        """``conv_up`` (and the paper's LayerNorm) on the (N, C/2) context, as vectors."""
+        if isinstance(self.conv_up, nn.Sequential):
+            down, norm, _, up = self.conv_up
+            h = F.linear(ctx, _mat(down), down.bias)
+            h = F.layer_norm(h, h.shape[-1:], norm.weight.flatten(), norm.bias.flatten(),
+                             norm.eps)
+            return F.linear(h.relu(), _mat(up), up.bias)
+        z = F.linear(ctx, _mat(self.conv_up), self.conv_up.bias)
+        if self.norm_up is not None:
+            z = F.layer_norm(z, z.shape[-1:], self.norm_up.weight.flatten(),
+                             self.norm_up.bias.flatten(), self.norm_up.eps)
+        return z
+
+    def _channel_weights(self, xf: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """(N, C) channel attention from x (N, C, HW) and the conv_q_right logits (N, HW).
+
+        ``conv_v_right(x) @ p = W_v_right @ (x @ p)``: pool x first (N, C), project after.
+        """
+        # float32 softmax; the pooled result is a convex combination of x, so it cannot
+        # overflow in float16 whatever HW is
+        p = _softmax(q).to(xf.dtype)
+        pooled = torch.bmm(xf, p.unsqueeze(-1)).squeeze(-1)
+        ctx = F.linear(pooled, _mat(self.conv_v_right))
+        return torch.sigmoid(self._channel_logits(ctx))
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.in_channels)
+        # (N, C, HW); a view for both contiguous and channels_last inputs
+        xf = x.flatten(2)
+        mean = xf.mean(dim=-1)
+        if self.mode == 'parallel':
+            return self._forward_parallel(x, xf, mean)
+        return self._forward_sequential(x, xf, mean)
+
+    def _spatial_query(self, mean: torch.Tensor) -> torch.Tensor:
+        """(N, C/2) pooled query g = avgpool(conv_q_left(.)) from the (N, C) mean."""
+        g = F.linear(mean, _mat(self.conv_q_left))
+        if self.formulation == 'paper':
+            # the paper's softmax over the C/2 channels of the pooled query
+            g = _softmax(g).to(mean.dtype)
+        return g
+
+    def _forward_parallel(self, x, xf, mean):
+        n, c, h, w = x.shape
+        # g @ conv_v_left(x) = (W_v_left^T g) . x: one C-vector per sample instead of a
+        # C/2 x HW map; stacked with conv_q_right's weights so x is read once for both maps
+        u = torch.matmul(self._spatial_query(mean), _mat(self.conv_v_left))
+        rows = torch.stack([_mat(self.conv_q_right).expand(n, c), u], dim=1)
+        maps = torch.bmm(rows, xf)  # (N, 2, HW)
+        a_ch = self._channel_weights(xf, maps[:, 0])
+        s = maps[:, 1]
+        if self.formulation == 'released':
+            s = _softmax(s).to(x.dtype)
+        a_sp = torch.sigmoid(s)
+        return x * a_ch.view(n, c, 1, 1) + x * a_sp.view(n, 1, h, w)
+
+    def _forward_sequential(self, x, xf, mean):
+        n, c, h, w = x.shape
+        q = torch.matmul(_mat(self.conv_q_right), xf).squeeze(1)
+        a_ch = self._channel_weights(xf, q)
+        # the spatial branch sees y = x * a_ch; its pooled mean is a_ch * mean(x)
+        g = self._spatial_query(a_ch * mean)
+        if self.formulation == 'released':
+            # theta = conv_v_left(y) = (W_v_left diag(a_ch)) x: fold a_ch into the weights
+            # per sample rather than materialising y; theta needs its per-channel softmax
+            # over HW, so this C/2 x HW map is unavoidable here
+            wv = _mat(self.conv_v_left).unsqueeze(0) * a_ch.unsqueeze(1)
+            theta = torch.bmm(wv, xf)
+            theta = _softmax(theta).to(x.dtype)
+            s = torch.bmm(g.unsqueeze(1), theta)
+        else:
+            # g @ conv_v_left(y) = ((W_v_left^T g) * a_ch) . x
+            u = torch.matmul(g, _mat(self.conv_v_left)) * a_ch
+            s = torch.bmm(u.unsqueeze(1), xf)
+        a_sp = torch.sigmoid(s)
+        return x * a_sp.view(n, 1, h, w) * a_ch.view(n, c, 1, 1)

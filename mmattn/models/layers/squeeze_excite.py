@@ -1,0 +1,94 @@
+"""Squeeze-and-Excitation (SE) channel attention."""
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModule
+
+from mmattn.registry import MODELS
+from .helpers import build_act, check_input, check_int, reduced_channels
+
+__all__ = ['SqueezeExcitation']
+
+
+def _build_act_arg(owner: str, arg: str, cfg) -> nn.Module:
+    """``build_act`` whose errors name the class and the argument."""
+    try:
+        return build_act(cfg)
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        err = TypeError if isinstance(e, TypeError) else ValueError
+        raise err(f'{owner}: {arg}={cfg!r} is not a valid activation ({e})') from e
+
+
+@MODELS.register_module()
+class SqueezeExcitation(BaseModule):
+    """Squeeze-and-Excitation block.
+
+    Hu, Shen, Albanie, Sun, Wu. "Squeeze-and-Excitation Networks", CVPR 2018 / TPAMI 2019,
+    arXiv:1709.01507 (released code: hujie-frank/SENet, Caffe).
+
+    Computes a per-channel gate from the globally average-pooled feature and rescales the input::
+
+        s = gate(fc2(act(fc1(avgpool(x)))))      # (N, C, 1, 1)
+        out = x * s
+
+    ``fc1`` maps ``C -> hidden`` and ``fc2`` maps ``hidden -> C``, both with bias, written as 1x1
+    convolutions (identical to fully connected layers on a 1x1 map). ``hidden = int(C / ratio)``,
+    or ``make_divisible(C / ratio, channels_divisor)`` when ``channels_divisor`` is given.
+
+    Args:
+        in_channels (int): Channels ``C`` of the input (and output).
+        ratio (float): Reduction ratio ``r`` of the bottleneck. Default: 16.
+        channels_divisor (int, optional): Round the hidden width to a multiple of this (the
+            MobileNet/timm rule). Default: None, plain ``int(C / ratio)`` as in the paper.
+        act_cfg (dict | str | None): Activation between the two fc layers. Default: ReLU.
+        gate_cfg (dict | str | None): Gating function. Default: Sigmoid.
+        init_cfg (dict | list[dict], optional): mmengine initialisation config; when given it
+            replaces the default initialisation. Default: None.
+
+    Initialisation: PyTorch's defaults for the two convs (what PyTorch ports such as
+    torchvision's ``SqueezeExcitation`` use); the Caffe release's fillers are not reproduced.
+
+    Deviations from the released code:
+        None in the computation. The released Caffe models use InnerProduct layers; the 1x1
+        convs here hold the same weights reshaped to ``(out, in, 1, 1)``.
+    """
+
+    _abbr_ = 'se'
+
+    def __init__(self,
+                 in_channels: int,
+                 ratio: float = 16,
+                 channels_divisor: Optional[int] = None,
+                 act_cfg: Union[dict, str, None] = dict(type='ReLU'),
+                 gate_cfg: Union[dict, str, None] = dict(type='Sigmoid'),
+                 init_cfg: Optional[Union[dict, list]] = None):
+        super().__init__(init_cfg=init_cfg)
+        owner = type(self).__name__
+        check_int('in_channels', in_channels, 1, owner)
+        if channels_divisor is not None:
+            check_int('channels_divisor', channels_divisor, 1, owner)
+        self.in_channels = in_channels
+        self.ratio = ratio
+        # raises naming in_channels and ratio when the bottleneck would be 0 channels wide
+        self.hidden_channels = reduced_channels(in_channels, ratio, owner,
+                                                divisor=channels_divisor)
+        self.fc1 = nn.Conv2d(in_channels, self.hidden_channels, 1, bias=True)
+        self.act = _build_act_arg(owner, 'act_cfg', act_cfg)
+        self.fc2 = nn.Conv2d(self.hidden_channels, in_channels, 1, bias=True)
+        self.gate = _build_act_arg(owner, 'gate_cfg', gate_cfg)
+        self.init_weights()
+
+    def init_weights(self):
+        if self.init_cfg:
+            super().init_weights()
+            return
+        # PyTorch's default initialisation of the two 1x1 convs.
+        self.fc1.reset_parameters()
+        self.fc2.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.in_channels)
+        s = x.mean(dim=(2, 3), keepdim=True)
+        s = self.gate(self.fc2(self.act(self.fc1(s))))
+        return x * s

@@ -1,0 +1,1 @@
+from .attention_neck import AttentionNeck  # noqa: F401

@@ -1,0 +1,240 @@
+"""Insert attention modules into the residual blocks of an existing backbone.
+
+The backbone is left as its own code builds it: the attention module is added as a new child of
+the block (so the block's original state-dict keys are unchanged and pretrained checkpoints load)
+and wired in with a forward hook on the block's own conv/norm layers, at the position the config
+names. This works for any block that follows the mmcv/mmseg/mmpose/mmdet ``BasicBlock`` /
+``Bottleneck`` layout (``conv1..3``, ``norm1..3``), so HRNet and ResNet of all three projects are
+covered without copying their code.
+
+Positions (mmcv's ``plugins=`` vocabulary, plus two aliases):
+
+============================  ==========================================  =====================
+position                      BasicBlock                                  Bottleneck
+============================  ==========================================  =====================
+``after_conv1``               conv1-norm1-relu, before conv2              conv1-norm1-relu
+``after_conv2``               conv2-norm2, before the residual add        conv2-norm2-relu
+``after_conv3``               (does not exist)                            conv3-norm3, before add
+``before_add``                = after_conv2                               = after_conv3
+``after_first_3x3`` (paper)   = after_conv1                               = after_conv2
+============================  ==========================================  =====================
+"""
+import copy
+import re
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch.nn as nn
+
+from mmattn.registry import MODELS
+
+# position -> (hook kind, layer it hooks, conv whose channels the module sees)
+_POSITIONS: Dict[str, Dict[str, Tuple[str, str, str, str]]] = {
+    'basic': {
+        'after_conv1': ('pre', 'conv2', 'conv2', 'in_channels'),
+        'after_conv2': ('post', 'norm2', 'conv2', 'out_channels'),
+    },
+    'bottleneck': {
+        'after_conv1': ('pre', 'conv2', 'conv2', 'in_channels'),
+        'after_conv2': ('pre', 'conv3', 'conv3', 'in_channels'),
+        'after_conv3': ('post', 'norm3', 'conv3', 'out_channels'),
+    },
+}
+_ALIASES = {
+    'basic': {'before_add': 'after_conv2', 'after_first_3x3': 'after_conv1'},
+    'bottleneck': {'before_add': 'after_conv3', 'after_first_3x3': 'after_conv2'},
+}
+POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3', 'before_add', 'after_first_3x3')
+DEFAULT_BLOCK_TYPES = ('BasicBlock', 'Bottleneck')
+
+# The two placements the PSA paper and its released code use.
+PRESETS = {
+    # "after the first 3x3 convolution in every residual block" (paper, section 4)
+    'paper': dict(position='after_first_3x3', stages=None, block_types=DEFAULT_BLOCK_TYPES),
+    # released code: HRNet BasicBlocks of stages 2-4 only, after conv1-bn1-relu (104 for W48);
+    # named 'deattn' as in the released checkpoints so their keys map one to one.
+    'released': dict(position='after_conv1', stages=(2, 3, 4), block_types=('BasicBlock', ),
+                     name='deattn'),
+}
+
+_STAGE_RE = re.compile(r'^(?:layer|stage|res_layer|res)(\d+)(?:\.|$)')
+_BRANCH_RE = re.compile(r'\.branches\.(\d+)\.')
+
+
+class _ApplyBefore:
+    """Forward pre-hook: run ``attention`` on the hooked layer's input. A callable object (not a
+    closure) so ``copy.deepcopy`` and pickling map it onto the copied attention module."""
+
+    def __init__(self, attention: nn.Module):
+        self.attention = attention
+
+    def __call__(self, layer, args):
+        return (self.attention(args[0]), ) + tuple(args[1:])
+
+
+class _ApplyAfter:
+    """Forward hook: run ``attention`` on the hooked layer's output."""
+
+    def __init__(self, attention: nn.Module):
+        self.attention = attention
+
+    def __call__(self, layer, args, output):
+        return self.attention(output)
+
+
+def block_kind(block: nn.Module) -> Optional[str]:
+    """'bottleneck', 'basic', or None for a module that is not a residual block."""
+    names = dict(block.named_children())
+    if 'conv3' in names and hasattr(block, 'norm3'):
+        return 'bottleneck'
+    if 'conv1' in names and 'conv2' in names and hasattr(block, 'norm2'):
+        return 'basic'
+    return None
+
+
+def block_positions(kind: str) -> List[str]:
+    """Positions that exist in a block of this kind (aliases included)."""
+    return list(_POSITIONS[kind]) + list(_ALIASES[kind])
+
+
+def _stage_of(path: str) -> Optional[int]:
+    match = _STAGE_RE.match(path)
+    return int(match.group(1)) if match else None
+
+
+def _branch_of(path: str) -> Optional[int]:
+    match = _BRANCH_RE.search(path + '.')
+    return int(match.group(1)) if match else None
+
+
+def find_blocks(backbone: nn.Module, block_types: Iterable[str] = DEFAULT_BLOCK_TYPES
+                ) -> List[Tuple[str, nn.Module, Optional[int], Optional[int]]]:
+    """Every residual block of ``backbone`` whose class name is in ``block_types``, as
+    ``(path, block, stage, branch)`` (stage 1-based from ``layerN``/``stageN``; branch for
+    HRNet's parallel branches, else None)."""
+    block_types = tuple(block_types)
+    found = []
+    for path, module in backbone.named_modules():
+        if not path or type(module).__name__ not in block_types or block_kind(module) is None:
+            continue
+        found.append((path, module, _stage_of(path), _branch_of(path)))
+    return found
+
+
+def _normalise_stages(stages, existing: Sequence[int], backbone_name: str):
+    if stages is None:
+        return None
+    if not isinstance(stages, (list, tuple)):
+        raise TypeError(f'plugin stages must be a list of stage numbers or a tuple of bools, '
+                        f'got {stages!r}')
+    if stages and all(isinstance(s, bool) for s in stages):
+        # mmcv style: one flag per stage, index 0 = stage 1
+        if len(stages) != len(existing):
+            raise ValueError(f'plugin stages {tuple(stages)} has {len(stages)} flags but '
+                             f'{backbone_name} has {len(existing)} stages {tuple(existing)}')
+        return {existing[i] for i, flag in enumerate(stages) if flag}
+    unknown = [s for s in stages if s not in existing]
+    if unknown:
+        raise ValueError(f'plugin stages {unknown} do not exist in {backbone_name}; its residual '
+                         f'stages are {tuple(existing)}')
+    return set(stages)
+
+
+def _resolve_plugin(plugin: dict) -> dict:
+    plugin = copy.deepcopy(dict(plugin))
+    preset = plugin.pop('preset', None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown plugin preset '{preset}'; available: {list(PRESETS)}")
+        plugin = {**PRESETS[preset], **plugin}
+    if 'cfg' not in plugin:
+        raise ValueError(f"a plugin needs 'cfg' (the attention module's config), got {plugin}")
+    unknown = set(plugin) - {'cfg', 'position', 'stages', 'block_types', 'branches', 'name'}
+    if unknown:
+        raise ValueError(f'unknown plugin keys {sorted(unknown)}; allowed: cfg, position, '
+                         f'stages, block_types, branches, name, preset')
+    position = plugin.setdefault('position', 'after_first_3x3')
+    if position not in POSITIONS:
+        raise ValueError(f"unknown plugin position '{position}'; available: {list(POSITIONS)}")
+    plugin.setdefault('stages', None)
+    plugin.setdefault('block_types', DEFAULT_BLOCK_TYPES)
+    plugin.setdefault('branches', None)
+    return plugin
+
+
+def _module_name(cfg: dict, name: Optional[str], index: int) -> str:
+    if name:
+        return name
+    cls = MODELS.get(cfg['type']) if isinstance(cfg.get('type'), str) else cfg.get('type')
+    abbr = getattr(cls, '_abbr_', None) or re.sub(r'(?<!^)(?=[A-Z])', '_',
+                                                  getattr(cls, '__name__', 'attn')).lower()
+    return f'{abbr}{index}' if index else abbr
+
+
+def add_block_plugins(backbone: nn.Module, plugins: Union[dict, Sequence[dict]]) -> List[str]:
+    """Insert the attention modules ``plugins`` describe into ``backbone``'s residual blocks,
+    in place, and return the state-dict prefixes of the added modules.
+
+    Each plugin is ``dict(cfg=<attention config>, position=..., stages=..., block_types=...,
+    branches=..., name=...)`` or ``dict(preset='paper'|'released', cfg=...)``. ``in_channels`` of
+    each module is filled in from the block; a ``cfg`` that states it must agree.
+    """
+    if isinstance(plugins, dict):
+        plugins = [plugins]
+    backbone_name = type(backbone).__name__
+    added = []
+    for index, raw in enumerate(plugins):
+        plugin = _resolve_plugin(raw)
+        blocks = find_blocks(backbone, plugin['block_types'])
+        all_blocks = find_blocks(backbone, _all_block_names(backbone))
+        if not blocks:
+            present = sorted({type(m).__name__ for _, m, _, _ in all_blocks})
+            raise ValueError(f'{backbone_name} has no residual blocks of types '
+                             f'{tuple(plugin["block_types"])}; it has {tuple(present)}')
+        existing_stages = sorted({s for _, _, s, _ in all_blocks if s is not None})
+        stages = _normalise_stages(plugin['stages'], existing_stages, backbone_name)
+        name = _module_name(plugin['cfg'], plugin.get('name'), index)
+        count = 0
+        for path, block, stage, branch in blocks:
+            if stages is not None and stage not in stages:
+                continue
+            if plugin['branches'] is not None and branch not in plugin['branches']:
+                continue
+            _attach(block, path, plugin, name)
+            added.append(f'{path}.{name}')
+            count += 1
+        if count == 0:
+            raise ValueError(f'plugin {plugin["cfg"].get("type")} matched no block of '
+                             f'{backbone_name} (stages={plugin["stages"]}, block_types='
+                             f'{tuple(plugin["block_types"])}, branches={plugin["branches"]})')
+    return added
+
+
+def _all_block_names(backbone: nn.Module) -> set:
+    """Class names of every residual block in ``backbone`` (for error messages)."""
+    return {type(m).__name__ for m in backbone.modules() if block_kind(m) is not None}
+
+
+def _attach(block: nn.Module, path: str, plugin: dict, name: str) -> None:
+    kind = block_kind(block)
+    position = _ALIASES[kind].get(plugin['position'], plugin['position'])
+    if position not in _POSITIONS[kind]:
+        raise ValueError(f"position '{plugin['position']}' does not exist in "
+                         f'{type(block).__name__} ({path}); it has {block_positions(kind)}')
+    hook_kind, layer_name, conv_name, channel_attr = _POSITIONS[kind][position]
+    channels = getattr(getattr(block, conv_name), channel_attr)
+    cfg = copy.deepcopy(dict(plugin['cfg']))
+    stated = cfg.pop('in_channels', None)
+    if stated is not None and stated != channels:
+        raise ValueError(f"plugin {cfg.get('type')} states in_channels={stated} but "
+                         f"{type(block).__name__} {path} has {channels} channels at "
+                         f"'{plugin['position']}'")
+    if hasattr(block, name):
+        raise ValueError(f"{type(block).__name__} {path} already has a child named '{name}'; "
+                         f"give the plugin another 'name'")
+    attention = MODELS.build(dict(cfg, in_channels=channels))
+    block.add_module(name, attention)
+    layer = getattr(block, layer_name)
+    if hook_kind == 'pre':
+        layer.register_forward_pre_hook(_ApplyBefore(attention))
+    else:
+        layer.register_forward_hook(_ApplyAfter(attention))

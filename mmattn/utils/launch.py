@@ -1,0 +1,84 @@
+"""What tools/train.py and tools/test.py share: task detection, CPU-only distributed set-up,
+config rewrites a flag asks for."""
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+TASKS = ('mmseg', 'mmpose', 'mmdet')
+
+
+def task_of(cfg: Config) -> str:
+    """'mmseg', 'mmpose' or 'mmdet', from the config's ``default_scope``."""
+    scope = cfg.get('default_scope')
+    if scope not in TASKS:
+        raise ValueError(f"config default_scope is {scope!r}; mmattn's tools run configs of "
+                         f"{TASKS} (inherit from one of their configs, which set it)")
+    return scope
+
+
+def replace_in_cfg(node: Any, key: str, old: Any, new: Any) -> int:
+    """Replace ``key: old`` by ``key: new`` in every dict of a nested config; return the count."""
+    count = 0
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key and v == old:
+                node[k] = new
+                count += 1
+            else:
+                count += replace_in_cfg(v, key, old, new)
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            count += replace_in_cfg(item, key, old, new)
+    return count
+
+
+def setup_distributed(cfg: Config, launcher: str) -> None:
+    """Prepare ``cfg`` for ``--launcher`` runs, including CPU-only machines.
+
+    mmengine's pytorch launcher calls ``torch.cuda.set_device``, which fails without a GPU. On
+    such a machine this initialises the process group itself (gloo; the Runner then sees it is
+    already initialised and skips its own), builds DDP without ``device_ids`` and turns SyncBN
+    (CUDA only) into BN.
+    """
+    cfg.launcher = launcher
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    if launcher != 'pytorch':
+        raise ValueError(f"--launcher {launcher} needs a GPU; on a CPU-only machine use "
+                         f"'pytorch' (torchrun, tools/dist_train.sh)")
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    wrapper = dict(cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel'))
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+    n = replace_in_cfg(cfg._cfg_dict, 'type', 'SyncBN', 'BN')
+    if dist.get_rank() == 0:
+        print_log(f'CPU-only distributed run: gloo backend, {dist.get_world_size()} processes, '
+                  f'{n} SyncBN config(s) replaced by BN', logger='current')
+
+
+def enable_amp(cfg: Config) -> None:
+    """``--amp``: mixed precision with mmengine's AmpOptimWrapper (float16 with dynamic loss
+    scaling on CUDA, bfloat16 on CPU, where float16 kernels are missing and no scaling is
+    needed)."""
+    optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if optim_wrapper == 'AmpOptimWrapper':
+        print_log('AMP training is already enabled in your config.', logger='current')
+        return
+    if optim_wrapper != 'OptimWrapper':
+        raise ValueError(f'--amp supports optim_wrapper type OptimWrapper, got {optim_wrapper}')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    if torch.cuda.is_available():
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    else:
+        cfg.optim_wrapper.dtype = 'bfloat16'
+
+
+def local_rank_env(local_rank: int) -> None:
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(local_rank)

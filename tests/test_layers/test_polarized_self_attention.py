@@ -1,0 +1,342 @@
+"""Numerical proofs for PolarizedSelfAttention (SPEC 2.1).
+
+The module computes a reassociated forward; here every variant is compared with a plain
+formulation written step by step the way the released code / the paper's equations do it
+(separate 1x1 convs, the C/2 x HW maps formed explicitly), in float64.
+"""
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mmattn.models.layers import PolarizedSelfAttention, build_attention
+from mmattn.registry import MODELS
+
+VARIANTS = [(m, f) for m in ('parallel', 'sequential') for f in ('released', 'paper')]
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- plain reference
+def plain_psa(x, sd, mode, formulation):
+    """PSA written like the released PSA_p/PSA_s (formulation='released') or like the paper's
+    equations (formulation='paper'), from a state dict ``sd`` with the released key names."""
+
+    def channel(x):
+        n, c, h, w = x.shape
+        v = F.conv2d(x, sd['conv_v_right.weight']).view(n, c // 2, h * w)
+        q = F.conv2d(x, sd['conv_q_right.weight']).view(n, 1, h * w)
+        q = torch.softmax(q, dim=2)
+        ctx = torch.matmul(v, q.transpose(1, 2)).unsqueeze(-1)  # (N, C/2, 1, 1)
+        if 'conv_up.0.weight' in sd:  # released PSA_s bottleneck
+            z = F.conv2d(ctx, sd['conv_up.0.weight'], sd['conv_up.0.bias'])
+            z = F.layer_norm(z, [c // 8, 1, 1], sd['conv_up.1.weight'], sd['conv_up.1.bias'])
+            z = F.conv2d(F.relu(z), sd['conv_up.3.weight'], sd['conv_up.3.bias'])
+        else:
+            z = F.conv2d(ctx, sd['conv_up.weight'])
+            if formulation == 'paper':
+                z = F.layer_norm(z, [c, 1, 1], sd['norm_up.weight'], sd['norm_up.bias'])
+        return x * torch.sigmoid(z)
+
+    def spatial(x):
+        n, c, h, w = x.shape
+        g = F.adaptive_avg_pool2d(F.conv2d(x, sd['conv_q_left.weight']), 1)
+        g = g.view(n, c // 2, 1).permute(0, 2, 1)  # (N, 1, C/2)
+        if formulation == 'paper':
+            g = torch.softmax(g, dim=2)
+        theta = F.conv2d(x, sd['conv_v_left.weight']).view(n, c // 2, h * w)
+        if formulation == 'released' and mode == 'sequential':
+            theta = torch.softmax(theta, dim=2)
+        s = torch.matmul(g, theta)  # (N, 1, HW)
+        if formulation == 'released' and mode == 'parallel':
+            s = torch.softmax(s, dim=2)
+        return x * torch.sigmoid(s.view(n, 1, h, w))
+
+    if mode == 'parallel':
+        return channel(x) + spatial(x)
+    return spatial(channel(x))
+
+
+def released_state_dict(c, mode, seed=0, scale=0.5):
+    """A released block's state dict (keys after ``...deattn.``) with random values."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return scale * torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    sd = {
+        'conv_q_right.weight': r(1, c, 1, 1),
+        'conv_v_right.weight': r(c // 2, c, 1, 1),
+        'conv_q_left.weight': r(c // 2, c, 1, 1),
+        'conv_v_left.weight': r(c // 2, c, 1, 1),
+    }
+    if mode == 'parallel':
+        sd['conv_up.weight'] = r(c, c // 2, 1, 1)
+    else:
+        sd.update({
+            'conv_up.0.weight': r(c // 8, c // 2, 1, 1), 'conv_up.0.bias': r(c // 8),
+            'conv_up.1.weight': 1 + r(c // 8, 1, 1), 'conv_up.1.bias': r(c // 8, 1, 1),
+            'conv_up.3.weight': r(c, c // 8, 1, 1), 'conv_up.3.bias': r(c),
+        })
+    return sd
+
+
+def randomised(c, mode, formulation, seed=0):
+    module = PolarizedSelfAttention(c, mode=mode, formulation=formulation).double()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    return module
+
+
+def rand_x(shape, seed=1, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- equality
+@pytest.mark.parametrize('mode,formulation', VARIANTS)
+@pytest.mark.parametrize('shape', [(2, 16, 5, 7), (1, 16, 1, 1), (1, 16, 9, 2)])
+def test_matches_plain_formulation(mode, formulation, shape):
+    module = randomised(16, mode, formulation)
+    x = 2 * rand_x(shape)
+    sd = {k: v.detach() for k, v in module.state_dict().items()}
+    torch.testing.assert_close(module(x), plain_psa(x, sd, mode, formulation), **TOL)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    y_cl = module(x_cl)
+    torch.testing.assert_close(y_cl, plain_psa(x, sd, mode, formulation), **TOL)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('mode', ['parallel', 'sequential'])
+def test_loads_released_state_dict(mode):
+    c = 16
+    sd = released_state_dict(c, mode)
+    # as stored in a released checkpoint: strip the block prefix, load strictly
+    prefix = 'module.backbone.stage2.0.branches.0.0.deattn.'
+    ckpt = {prefix + k: v for k, v in sd.items()}
+    stripped = {k[len(prefix):]: v for k, v in ckpt.items() if k.startswith(prefix)}
+    module = PolarizedSelfAttention(c, mode=mode).double()
+    module.load_state_dict(stripped, strict=True)
+    # and state_dict() gives back the same keys and shapes, so converters round-trip
+    own = module.state_dict()
+    assert {k: tuple(v.shape) for k, v in own.items()} == {
+        k: tuple(v.shape) for k, v in sd.items()}
+    x = rand_x((2, c, 6, 5))
+    torch.testing.assert_close(module(x), plain_psa(x, sd, mode, 'released'), **TOL)
+
+
+def test_wrong_layout_fails():
+    c = 16
+    with pytest.raises(RuntimeError, match='conv_up'):
+        PolarizedSelfAttention(c, mode='sequential').load_state_dict(
+            released_state_dict(c, 'parallel'))
+    with pytest.raises(RuntimeError, match='conv_up'):
+        PolarizedSelfAttention(c, mode='parallel').load_state_dict(
+            released_state_dict(c, 'sequential'))
+    # wrong width: shapes differ
+    with pytest.raises(RuntimeError, match='size mismatch'):
+        PolarizedSelfAttention(32, mode='parallel').load_state_dict(
+            released_state_dict(c, 'parallel'))
+    # the paper form has the extra LayerNorm: strict loading of a released dict names it
+    with pytest.raises(RuntimeError, match='norm_up'):
+        PolarizedSelfAttention(c, formulation='paper').load_state_dict(
+            released_state_dict(c, 'parallel'))
+
+
+# ----------------------------------------------------------------------------- closed forms
+def test_closed_form_parallel_zero_weights():
+    # q_right = 0 -> uniform softmax; ctx = 0 -> a_ch = sigmoid(0) = 1/2;
+    # g = 0 -> s = 0 -> softmax_HW(s) = 1/HW -> a_sp = sigmoid(1/HW)
+    module = PolarizedSelfAttention(16).double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    x = rand_x((2, 16, 5, 7))
+    expected = x * (0.5 + torch.sigmoid(torch.tensor(1 / 35, dtype=torch.float64)))
+    torch.testing.assert_close(module(x), expected, **TOL)
+    # the same from an init_cfg (applied through mmengine)
+    module = PolarizedSelfAttention(16, init_cfg=dict(type='Constant', val=0, layer='Conv2d'))
+    assert all((p == 0).all() for p in module.parameters())
+    xf = x.float()
+    torch.testing.assert_close(module(xf), expected.float(), rtol=1e-6, atol=1e-6)
+
+
+def test_closed_form_sequential():
+    # conv_up.0 = 0 -> LayerNorm of a constant vector = its bias beta ->
+    # a_ch = sigmoid(W3 relu(beta) + b3), independent of x. conv_v_left = 0 -> theta = 0 ->
+    # per-channel softmax_HW = 1/HW -> s = sum_k g_k / HW with g = W_ql (a_ch * mean_hw(x)),
+    # constant over positions: out = x * a_ch * sigmoid(sum(g) / HW).
+    c, hw = 16, (4, 6)
+    module = randomised(c, 'sequential', 'released')
+    with torch.no_grad():
+        module.conv_up[0].weight.zero_()
+        module.conv_up[0].bias.zero_()
+        module.conv_v_left.weight.zero_()
+    x = rand_x((2, c) + hw)
+    beta = module.conv_up[1].bias.flatten()
+    w3, b3 = module.conv_up[3].weight.flatten(1), module.conv_up[3].bias
+    a_ch = torch.sigmoid(w3 @ beta.relu() + b3)  # (C,)
+    g = (a_ch * x.mean(dim=(2, 3))) @ module.conv_q_left.weight.flatten(1).T  # (N, C/2)
+    a_sp = torch.sigmoid(g.sum(-1) / math.prod(hw))  # (N,)
+    expected = x * a_ch.view(1, c, 1, 1) * a_sp.view(-1, 1, 1, 1)
+    torch.testing.assert_close(module(x).detach(), expected.detach(), **TOL)
+
+
+@pytest.mark.parametrize('mode', ['parallel', 'sequential'])
+def test_closed_form_paper_zero_weights(mode):
+    # paper: a_ch = sigmoid(LayerNorm(0)) = sigmoid(beta); g = softmax(0) uniform but
+    # conv_v_left = 0 -> s = 0 -> a_sp = 1/2 (no softmax over HW in the paper's spatial branch)
+    module = PolarizedSelfAttention(16, mode=mode, formulation='paper').double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+        module.norm_up.bias.copy_(rand_x((16, 1, 1), seed=3))
+    x = rand_x((2, 16, 3, 5))
+    a_ch = torch.sigmoid(module.norm_up.bias).view(1, 16, 1, 1)
+    expected = x * (a_ch + 0.5) if mode == 'parallel' else x * a_ch * 0.5
+    torch.testing.assert_close(module(x).detach(), expected.detach(), **TOL)
+
+
+# ----------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize('mode,formulation', VARIANTS)
+def test_gradcheck(mode, formulation):
+    module = randomised(16, mode, formulation)
+    names = [n for n, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
+    x = rand_x((1, 16, 3, 2)).requires_grad_()
+
+    def fn(x, *ps):
+        return torch.func.functional_call(module, dict(zip(names, ps)), (x, ))
+
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- efficiency
+class _Shapes(TorchDispatchMode):
+    """Records the shape of every tensor an aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out, )):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+@pytest.mark.parametrize('mode,formulation', VARIANTS)
+def test_no_half_channel_map_formed(mode, formulation):
+    # N=2, C/2=8, H=5, W=7 are all distinct, so a (N, C/2, HW) map is recognisable
+    module = PolarizedSelfAttention(16, mode=mode, formulation=formulation)
+    x = torch.randn(2, 16, 5, 7)
+    with torch.no_grad(), _Shapes() as rec:
+        module(x)
+    big = [s for s in rec.shapes if s in {(2, 8, 35), (2, 8, 5, 7)}]
+    if mode == 'sequential' and formulation == 'released':
+        # theta and its per-channel softmax are the only ones PSA_s needs
+        assert len(big) == 2, rec.shapes
+    else:
+        assert big == [], rec.shapes
+
+
+# ----------------------------------------------------------------------------- precision
+@pytest.mark.parametrize('mode,formulation', VARIANTS)
+def test_autocast_bfloat16_all_variants(mode, formulation):
+    module = randomised(16, mode, formulation).float()
+    x = rand_x((2, 16, 9, 7), dtype=torch.float32).requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = module(x)
+    assert torch.isfinite(y.float()).all()
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    with torch.no_grad():
+        ref = module(x)
+    assert (y.float() - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_large_logits_stay_finite():
+    # softmax over HW of large logits must not overflow (float32 and bfloat16 autocast)
+    module = PolarizedSelfAttention(16)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(50)
+    x = 10 * torch.randn(1, 16, 16, 16)
+    assert torch.isfinite(module(x)).all()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch.isfinite(module(x).float()).all()
+
+
+# ----------------------------------------------------------------------------- init
+@pytest.mark.parametrize('mode', ['parallel', 'sequential'])
+def test_released_init(mode):
+    c = 256
+    torch.manual_seed(0)
+    module = PolarizedSelfAttention(c, mode=mode)
+    std = math.sqrt(2 / c)  # kaiming normal, fan_in = C, gain sqrt(2)
+    for name in ('conv_v_right', 'conv_q_left', 'conv_v_left'):
+        w = getattr(module, name).weight
+        assert abs(w.std().item() / std - 1) < 0.03, name
+        assert abs(w.mean().item()) < 0.03 * std, name
+    assert abs(module.conv_q_right.weight.std().item() / std - 1) < 0.25
+    # conv_up keeps PyTorch's default (kaiming uniform a=sqrt(5): |w| <= 1/sqrt(fan_in))
+    up = module.conv_up if mode == 'parallel' else module.conv_up[0]
+    assert up.weight.abs().max() <= 1 / math.sqrt(c // 2)
+    assert up.weight.std() < 0.8 * std
+
+
+# ----------------------------------------------------------------------------- arguments
+@pytest.mark.parametrize('kwargs,exc,pattern', [
+    (dict(in_channels=15), ValueError, r'in_channels=15 must be even'),
+    (dict(in_channels=0), ValueError, r'in_channels must be >= 2'),
+    (dict(in_channels=16.0), TypeError, r'in_channels must be an int'),
+    (dict(in_channels=True), TypeError, r'in_channels must be an int'),
+    (dict(in_channels=12, mode='sequential'), ValueError,
+     r'in_channels=12 must be divisible by 8'),
+    (dict(in_channels=16, mode='para'), ValueError,
+     r"mode must be one of \['parallel', 'sequential'\]"),
+    (dict(in_channels=16, formulation='official'), ValueError,
+     r"formulation must be one of \['released', 'paper'\]"),
+])
+def test_bad_arguments(kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern) as info:
+        PolarizedSelfAttention(**kwargs)
+    assert 'PolarizedSelfAttention' in str(info.value)
+
+
+def test_sequential_paper_needs_only_even_channels():
+    # no bottleneck in the paper form, so 12 channels are fine there
+    module = PolarizedSelfAttention(12, mode='sequential', formulation='paper')
+    assert module(torch.randn(1, 12, 3, 4)).shape == (1, 12, 3, 4)
+
+
+def test_wrong_input_names_the_module():
+    module = PolarizedSelfAttention(16)
+    with pytest.raises(ValueError, match=re.escape('PolarizedSelfAttention was built for '
+                                                   'in_channels=16')):
+        module(torch.randn(1, 8, 4, 4))
+    with pytest.raises(ValueError, match='PolarizedSelfAttention expects a 4-D input'):
+        module(torch.randn(16, 4, 4))
+
+
+def test_registry_and_factory():
+    assert MODELS.get('PolarizedSelfAttention') is PolarizedSelfAttention
+    assert PolarizedSelfAttention._abbr_ == 'polarized_attn'
+    assert build_attention('psa_p', 16).mode == 'parallel'
+    psa_s = build_attention('psa_s', 16, formulation='paper')
+    assert (psa_s.mode, psa_s.formulation) == ('sequential', 'paper')
+    built = MODELS.build(dict(type='PolarizedSelfAttention', in_channels=32, mode='sequential'))
+    assert built.in_channels == 32 and built.conv_up[0].out_channels == 4
+
+
+def test_export_paper_sequential():
+    # the contract test exports the released forms; the paper form takes other code paths
+    module = randomised(16, 'sequential', 'paper').float().eval()
+    x = torch.randn(2, 16, 5, 7)
+    exported = torch.export.export(module, (x, ))
+    torch.testing.assert_close(exported.module()(x), module(x), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,194 @@
+"""Attention plugins inside existing HRNet/ResNet blocks of mmseg, mmpose and mmdet."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.registry import DefaultScope
+
+import mmattn  # noqa: F401
+from mmattn.models.plugins import add_block_plugins, find_blocks
+from mmattn.registry import MODELS
+
+
+@MODELS.register_module(force=True)
+class _ChannelScale(torch.nn.Module):
+    """Probe attention: multiplies channel c by a known factor, so block outputs can be
+    recomputed by hand."""
+    _abbr_ = 'scale'
+
+    def __init__(self, in_channels):
+        super().__init__()
+        self.in_channels = in_channels
+        self.weight = torch.nn.Parameter(torch.linspace(0.5, 1.5, in_channels))
+
+    def forward(self, x):
+        assert x.shape[1] == self.in_channels
+        return x * self.weight.view(1, -1, 1, 1)
+
+
+PROBE = dict(type='_ChannelScale')
+
+
+def _hrnet_extra(width=18, blocks=(4, 4, 4, 4), modules=(1, 1, 4, 3)):
+    w = width
+    return dict(
+        stage1=dict(num_modules=modules[0], num_branches=1, block='BOTTLENECK',
+                    num_blocks=(blocks[0], ), num_channels=(64, )),
+        stage2=dict(num_modules=modules[1], num_branches=2, block='BASIC',
+                    num_blocks=(blocks[1], ) * 2, num_channels=(w, 2 * w)),
+        stage3=dict(num_modules=modules[2], num_branches=3, block='BASIC',
+                    num_blocks=(blocks[2], ) * 3, num_channels=(w, 2 * w, 4 * w)),
+        stage4=dict(num_modules=modules[3], num_branches=4, block='BASIC',
+                    num_blocks=(blocks[3], ) * 4, num_channels=(w, 2 * w, 4 * w, 8 * w)))
+
+
+def _build(scope, cfg):
+    with DefaultScope.overwrite_default_scope(scope):
+        return MODELS.build(cfg)
+
+
+def _tiny_hrnet(scope='mmseg', plugins=None):
+    backbone = dict(type='HRNet', extra=_hrnet_extra(8, (1, 1, 1, 1), (1, 1, 1, 1)))
+    if plugins is None:
+        return _build(scope, backbone)
+    return _build(scope, dict(type='AttentionBackbone', backbone=backbone, plugins=plugins))
+
+
+def test_basic_block_after_conv1_matches_hand_forward():
+    from mmseg.models.backbones.resnet import BasicBlock
+    block = BasicBlock(8, 8).eval()
+    add_block_plugins(torch.nn.Sequential(block), dict(cfg=PROBE, position='after_conv1',
+                                                        block_types=('BasicBlock', )))
+    w = block.scale.weight.view(1, -1, 1, 1)
+    x = torch.randn(2, 8, 6, 5)
+    h = F.relu(block.norm1(block.conv1(x))) * w
+    expected = F.relu(block.norm2(block.conv2(h)) + x)
+    torch.testing.assert_close(block(x), expected)
+
+
+@pytest.mark.parametrize('position,where', [('after_conv2', 'relu2'), ('after_conv3', 'norm3'),
+                                            ('before_add', 'norm3'),
+                                            ('after_first_3x3', 'relu2')])
+def test_bottleneck_positions_match_hand_forward(position, where):
+    from mmseg.models.backbones.resnet import Bottleneck
+    block = Bottleneck(16, 4).eval()
+    add_block_plugins(torch.nn.Sequential(block), dict(cfg=PROBE, position=position))
+    channels = 4 if where == 'relu2' else 16
+    assert block.scale.in_channels == channels
+    w = block.scale.weight.view(1, -1, 1, 1)
+    x = torch.randn(2, 16, 5, 7)
+    h = F.relu(block.norm1(block.conv1(x)))
+    h = F.relu(block.norm2(block.conv2(h)))
+    if where == 'relu2':
+        h = h * w
+    h = block.norm3(block.conv3(h))
+    if where == 'norm3':
+        h = h * w
+    torch.testing.assert_close(block(x), F.relu(h + x))
+
+
+def test_released_preset_on_hrnet_w48_gives_104_blocks():
+    model = _build('mmseg', dict(
+        type='AttentionBackbone', backbone=dict(type='HRNet', extra=_hrnet_extra(48)),
+        plugins=dict(preset='released', cfg=PROBE)))
+    added = model.attention_plugins
+    assert len(added) == 104
+    assert all(p.startswith(('stage2', 'stage3', 'stage4')) and p.endswith('.deattn')
+               for p in added)
+    channels = [model.get_submodule(p).in_channels for p in added]
+    assert {c: channels.count(c) for c in set(channels)} == {48: 32, 96: 32, 192: 28, 384: 12}
+    # released key layout: stage{2,3,4}.{m}.branches.{b}.{k}.deattn
+    assert 'stage3.3.branches.2.3.deattn' in added
+
+
+def test_paper_preset_covers_every_residual_block():
+    model = _tiny_hrnet(plugins=dict(preset='paper', cfg=PROBE))
+    blocks = find_blocks(model)
+    assert len(model.attention_plugins) == len(blocks) == 1 + 2 + 3 + 4
+    bottleneck = model.layer1[0]
+    assert bottleneck.scale.in_channels == bottleneck.conv3.in_channels  # after its 3x3 conv2
+
+
+@pytest.mark.parametrize('scope', ['mmseg', 'mmpose'])
+def test_plain_hrnet_checkpoint_loads_with_only_attention_keys_missing(scope):
+    plain = _tiny_hrnet(scope)
+    plugged = _tiny_hrnet(scope, plugins=dict(preset='released', cfg=PROBE))
+    result = plugged.load_state_dict(plain.state_dict(), strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys and all('.deattn.' in k for k in result.missing_keys)
+    assert set(plugged.state_dict()) - set(plain.state_dict()) == set(result.missing_keys)
+
+
+def test_plugged_model_differs_from_plain_only_through_attention():
+    plain = _tiny_hrnet().eval()
+    plugged = _tiny_hrnet(plugins=dict(preset='released', cfg=PROBE)).eval()
+    plugged.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(1, 3, 32, 32)
+    assert not torch.allclose(plugged(x)[0], plain(x)[0])
+    for name in plugged.attention_plugins:
+        plugged.get_submodule(name).weight.data.fill_(1.0)  # identity attention
+    for a, b in zip(plugged(x), plain(x)):
+        torch.testing.assert_close(a, b)
+
+
+# stages 2-4 hold 2+2+2 BasicBlocks in ResNet-18 and 4+6+3 Bottlenecks in ResNet-50
+@pytest.mark.parametrize('scope,cfg,n_blocks', [
+    ('mmseg', dict(type='ResNetV1c', depth=18), 6),
+    ('mmseg', dict(type='ResNetV1c', depth=50), 13),
+    ('mmpose', dict(type='ResNet', depth=18), 6),
+    ('mmdet', dict(type='ResNet', depth=50), 13),
+])
+def test_resnets_of_three_projects(scope, cfg, n_blocks):
+    model = _build(scope, dict(type='AttentionBackbone', backbone=cfg,
+                               plugins=[dict(cfg=PROBE, position='before_add',
+                                             stages=(False, True, True, True))]))
+    assert len(model.attention_plugins) == n_blocks
+    assert not any(p.startswith('layer1.') for p in model.attention_plugins)
+    model.eval()
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+def test_missing_position_names_what_exists():
+    with pytest.raises(ValueError, match=r"after_conv3.*does not exist in BasicBlock.*"
+                                         r"after_conv1"):
+        _tiny_hrnet(plugins=dict(cfg=PROBE, position='after_conv3', stages=(2, )))
+    with pytest.raises(ValueError, match=r"unknown plugin position 'after_conv9'"):
+        _tiny_hrnet(plugins=dict(cfg=PROBE, position='after_conv9'))
+
+
+def test_missing_stage_names_existing_stages():
+    with pytest.raises(ValueError, match=r'stages \[5\] do not exist in HRNet.*\(1, 2, 3, 4\)'):
+        _tiny_hrnet(plugins=dict(cfg=PROBE, stages=(5, )))
+
+
+def test_channel_mismatch_names_both_numbers():
+    with pytest.raises(ValueError, match=r'in_channels=32 but BasicBlock .* has 8 channels'):
+        _tiny_hrnet(plugins=dict(cfg=dict(PROBE, in_channels=32), stages=(2, ), branches=(0, )))
+
+
+def test_deepcopy_rebinds_hooks_to_the_copy():
+    model = _tiny_hrnet(plugins=dict(preset='released', cfg=PROBE)).eval()
+    twin = copy.deepcopy(model)
+    x = torch.randn(1, 3, 32, 32)
+    before = model(x)[0]
+    for name in twin.attention_plugins:
+        twin.get_submodule(name).weight.data.zero_()
+    torch.testing.assert_close(model(x)[0], before)  # the original is untouched
+    assert not torch.allclose(twin(x)[0], before)  # the copy uses its own attention
+
+
+def test_attention_neck_per_level_channels():
+    neck = _build('mmseg', dict(type='AttentionNeck', in_channels=[4, 8, 16],
+                                attention=PROBE, levels=[0, 2]))
+    xs = [torch.randn(1, c, 6, 6) for c in (4, 8, 16)]
+    outs = neck(xs)
+    torch.testing.assert_close(outs[0], xs[0] * neck.attentions['0'].weight.view(1, -1, 1, 1))
+    assert outs[1] is xs[1]
+    torch.testing.assert_close(outs[2], xs[2] * neck.attentions['2'].weight.view(1, -1, 1, 1))
+    with pytest.raises(ValueError, match=r'expects 3 feature levels with channels \[4, 8, 16\]'):
+        neck(xs[:2])
+    with pytest.raises(ValueError, match=r'levels \[3\] out of range'):
+        _build('mmseg', dict(type='AttentionNeck', in_channels=[4, 8, 16], attention=PROBE,
+                             levels=[3]))

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's test command: set up (or verify) the environment, then run the whole suite.
+# Extra arguments go to pytest, e.g. `bash tools/run_tests.sh -m "not slow"`.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 1
+bash tools/setup_env.sh || { echo "environment set-up failed" >&2; exit 1; }
+VENV="${MMATTN_VENV:-$ROOT/.venv}"
+"$VENV/bin/python" -m pytest tests -p no:cacheprovider -ra "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: treating as a failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,90 @@
+"""Evaluate a checkpoint of a segmentation (mmseg) or pose (mmpose) config.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE] [--show-dir DIR] \
+        [--tta] [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
+
+The same flags as mmseg's and mmpose's tools/test.py; the task is read from the config's
+``default_scope``. Prints the metrics (mIoU for segmentation, COCO AP for pose).
+"""
+import argparse
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Evaluate a checkpoint of an mmattn config')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation logs and metrics')
+    parser.add_argument('--out', help='dump the predictions to a pickle file (.pkl)')
+    parser.add_argument('--show-dir', help='save painted predictions to this directory')
+    parser.add_argument('--tta', action='store_true', help='test time augmentation (mmseg)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override settings of the config, xxx=yyy format')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args()
+
+
+def enable_show_dir(cfg: Config, task: str, show_dir: str) -> None:
+    hooks = cfg.default_hooks
+    if 'visualization' not in hooks:
+        raise RuntimeError('--show-dir needs default_hooks.visualization in the config')
+    if task == 'mmseg':
+        hooks.visualization.draw = True
+        cfg.visualizer.save_dir = show_dir
+    elif task == 'mmpose':
+        hooks.visualization.enable = True
+        hooks.visualization.out_dir = show_dir
+    else:
+        hooks.visualization.draw = True
+        hooks.visualization.test_out_dir = show_dir
+
+
+def build_cfg(args) -> Config:
+    from mmattn.utils import setup_distributed, task_of
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    task = task_of(cfg)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        enable_show_dir(cfg, task, args.show_dir)
+    if args.tta:
+        if task != 'mmseg' or 'tta_model' not in cfg:
+            raise RuntimeError('--tta needs an mmseg config with tta_model and tta_pipeline')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    if args.out is not None:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out must be a .pkl file, got {args.out}')
+        cfg.test_evaluator = list(cfg.test_evaluator) if isinstance(
+            cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
+        cfg.test_evaluator.append(dict(type='DumpResults', out_file_path=args.out))
+    setup_distributed(cfg, args.launcher)
+    return cfg
+
+
+def main():
+    args = parse_args()
+    from mmattn.utils import local_rank_env
+    local_rank_env(args.local_rank)
+    import mmattn  # noqa: F401  (registers modules, applies compatibility fixes)
+    cfg = build_cfg(args)
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    print({k: round(float(v), 4) if isinstance(v, (int, float)) else v
+           for k, v in metrics.items()})
+
+
+if __name__ == '__main__':
+    main()
