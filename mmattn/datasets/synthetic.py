@@ -72,7 +72,7 @@ def _cityscapes_scene(rng, h, w):
     """One street-like scene: returns (RGB uint8 image, trainId map, instance-id map)."""
     lab = np.full((h, w), SKY, np.uint8)
     inst = np.zeros((h, w), np.int32)  # instance index (1-based) per class, 0 = none
-    inst_masks = []  # (class, mask), drawn order
+    inst_masks = []  # (class, instance index, mask), in drawing order
 
     horizon = int(round(rng.uniform(0.38, 0.52) * h))
     # buildings and trees along the horizon, left to right
@@ -161,7 +161,7 @@ def _cityscapes_scene(rng, h, w):
 
     # ignore pixels: part of the border of every car and person
     for cls, k, mask in inst_masks:
-        visible = (mask & (lab == cls)).astype(np.uint8)
+        visible = (mask & (lab == cls) & (inst == k)).astype(np.uint8)
         if not visible.any():
             continue
         border = (cv2.dilate(visible, np.ones((3, 3), np.uint8)) > 0) & (
@@ -239,7 +239,8 @@ def make_tiny_cityscapes(root, num_train=8, num_val=4, height=64, width=128, see
             label_ids = _lut(CITYSCAPES_TRAINID_TO_LABELID)[lab]
             instance_ids = label_ids.astype(np.int32)
             has_inst = inst > 0
-            instance_ids[has_inst] = label_ids[has_inst].astype(np.int32) * 1000 + inst[has_inst] - 1
+            instance_ids[has_inst] = (
+                label_ids[has_inst].astype(np.int32) * 1000 + inst[has_inst] - 1)
             _imwrite(osp.join(img_dir, city, f'{stem}_leftImg8bit.png'), img[..., ::-1])
             _imwrite(osp.join(ann_dir, city, f'{stem}_gtFine_labelTrainIds.png'), lab)
             _imwrite(osp.join(ann_dir, city, f'{stem}_gtFine_labelIds.png'), label_ids)
@@ -377,7 +378,9 @@ def _coco_image(rng, height, width, num_persons):
         sx0, sx1 = slots[j] * width / num_persons, (slots[j] + 1) * width / num_persons
         for _attempt in range(50):
             lo, hi = (0.5, 0.8) if num_persons == 1 else (0.4, 0.62)
-            scale = rng.uniform(lo, hi) * height
+            hi = min(hi * height, (sx1 - sx0) / 0.65)  # a figure is ~0.65 scale wide
+            lo = min(lo * height, 0.7 * hi)
+            scale = rng.uniform(lo, hi)
             kp = _sample_pose(rng, scale)
             radius = 2 if scale < 100 else 3
             margin = radius + 1
@@ -482,7 +485,9 @@ def make_tiny_coco(root,
                         keypoints=[int(v) for v in kps],
                         bbox=[float(v) for v in box],
                         area=round(float(w * h), 2),
-                        segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]]))
+                        segmentation=[[
+                            round(v, 2) for v in (x, y, x + w, y, x + w, y + h, x, y + h)
+                        ]]))
                 jit = rng.uniform(-0.04, 0.04, size=4) * np.array([w, h, w, h])
                 dx0, dy0 = max(0.0, x + jit[0]), max(0.0, y + jit[1])
                 detections.append(

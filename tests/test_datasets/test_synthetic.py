@@ -299,6 +299,34 @@ def test_coco_dataset_topdown(coco):
     assert len(train) == coco['train']['num_instances']
 
 
+def test_coco_topdown_udp_pipeline(coco):
+    """mmpose's UDP top-down training pipeline: after the affine crop the transformed keypoints
+    still sit on blobs of their own colour, and the UDP heatmap targets are produced."""
+    w_in, h_in = 192, 256
+    pipeline = [
+        dict(type='LoadImage'),
+        dict(type='GetBBoxCenterScale'),
+        dict(type='TopdownAffine', input_size=(w_in, h_in), use_udp=True),
+        dict(
+            type='GenerateTarget',
+            encoder=dict(
+                type='UDPHeatmap', input_size=(w_in, h_in), heatmap_size=(48, 64), sigma=2)),
+    ]
+    ds = _pose_dataset(coco['root'], pipeline=pipeline)
+    cols = COCO_KEYPOINT_COLORS.astype(np.float64)
+    for i in range(3):
+        out = ds[i]
+        img = out['img'][..., ::-1]  # LoadImage gives BGR
+        assert img.shape == (h_in, w_in, 3)
+        assert out['heatmaps'].shape == (17, 64, 48)
+        assert (out['keypoint_weights'] > 0).all()
+        kpts = out['transformed_keypoints'][0]
+        for k, (x, y) in enumerate(kpts):
+            pix = img[int(round(y)), int(round(x))].astype(np.float64)
+            dist = np.abs(cols - pix).max(axis=1)
+            assert dist.argmin() == k and dist[k] < 50, (i, k, pix)
+
+
 def test_coco_dataset_bbox_file(coco):
     assert coco['bbox_file'] == osp.join(coco['root'], COCO_BBOX_FILE)
     ds = _pose_dataset(coco['root'], bbox_file=coco['bbox_file'], test_mode=True)

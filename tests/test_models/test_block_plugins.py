@@ -30,6 +30,18 @@ class _ChannelScale(torch.nn.Module):
 PROBE = dict(type='_ChannelScale')
 
 
+def _conv(conv, x):
+    """conv's maths without calling the module (its hooks are what is under test)."""
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
+
+
+def _bn(norm, x):
+    """eval-mode BatchNorm without calling the module."""
+    return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                        training=False, eps=norm.eps)
+
+
 def _hrnet_extra(width=18, blocks=(4, 4, 4, 4), modules=(1, 1, 4, 3)):
     w = width
     return dict(
@@ -62,8 +74,8 @@ def test_basic_block_after_conv1_matches_hand_forward():
                                                         block_types=('BasicBlock', )))
     w = block.scale.weight.view(1, -1, 1, 1)
     x = torch.randn(2, 8, 6, 5)
-    h = F.relu(block.norm1(block.conv1(x))) * w
-    expected = F.relu(block.norm2(block.conv2(h)) + x)
+    h = F.relu(_bn(block.norm1, _conv(block.conv1, x))) * w
+    expected = F.relu(_bn(block.norm2, _conv(block.conv2, h)) + x)
     torch.testing.assert_close(block(x), expected)
 
 
@@ -78,11 +90,11 @@ def test_bottleneck_positions_match_hand_forward(position, where):
     assert block.scale.in_channels == channels
     w = block.scale.weight.view(1, -1, 1, 1)
     x = torch.randn(2, 16, 5, 7)
-    h = F.relu(block.norm1(block.conv1(x)))
-    h = F.relu(block.norm2(block.conv2(h)))
+    h = F.relu(_bn(block.norm1, _conv(block.conv1, x)))
+    h = F.relu(_bn(block.norm2, _conv(block.conv2, h)))
     if where == 'relu2':
         h = h * w
-    h = block.norm3(block.conv3(h))
+    h = _bn(block.norm3, _conv(block.conv3, h))
     if where == 'norm3':
         h = h * w
     torch.testing.assert_close(block(x), F.relu(h + x))
@@ -121,8 +133,10 @@ def test_plain_hrnet_checkpoint_loads_with_only_attention_keys_missing(scope):
 
 
 def test_plugged_model_differs_from_plain_only_through_attention():
-    plain = _tiny_hrnet().eval()
-    plugged = _tiny_hrnet(plugins=dict(preset='released', cfg=PROBE)).eval()
+    plain = _tiny_hrnet()
+    plugged = _tiny_hrnet(plugins=dict(preset='released', cfg=PROBE))
+    plain.eval()  # (mmseg's HRNet.train() returns None, so no chaining)
+    plugged.eval()
     plugged.load_state_dict(plain.state_dict(), strict=False)
     x = torch.randn(1, 3, 32, 32)
     assert not torch.allclose(plugged(x)[0], plain(x)[0])
@@ -169,7 +183,8 @@ def test_channel_mismatch_names_both_numbers():
 
 
 def test_deepcopy_rebinds_hooks_to_the_copy():
-    model = _tiny_hrnet(plugins=dict(preset='released', cfg=PROBE)).eval()
+    model = _tiny_hrnet(plugins=dict(preset='released', cfg=PROBE))
+    model.eval()
     twin = copy.deepcopy(model)
     x = torch.randn(1, 3, 32, 32)
     before = model(x)[0]

@@ -219,7 +219,7 @@ class ACmix(BaseModule):
         q = (q * self.head_dim**-0.5).unsqueeze(-1)  # (bh, hd, h_out, w_out, 1)
         # q_p . (k_{p+j} + pe_p - pe_{p+j}): the q_p . pe_p term is constant over the window
         # and cancels in the softmax; pad(k) - pad(pe) = pad(k - pe)
-        k_pe = F.pad(k.reshape(bh, self.head_dim, h, w) - pe, (pad, ) * 4, mode='replicate')
+        k_pe = F.pad(k.reshape(bh, self.head_dim, h, w) - pe, (pad, ) * 4, mode='reflect')
         v_pad = F.pad(v.reshape(bh, self.head_dim, h, w), (pad, ) * 4, mode='reflect')
 
         logits = torch.cat(
@@ -231,7 +231,7 @@ class ACmix(BaseModule):
 
         out = None
         for i in range(ka):
-            weights = att[..., i * ka:(i + 1) * ka].unsqueeze(1)  # (bh, 1, h_out, w_out, ka)
+            weights = att[..., i:i + ka].unsqueeze(1)  # (bh, 1, h_out, w_out, ka)
             term = (weights * self._window_row(v_pad, i, h_out)).sum(-1)
             out = term if out is None else out + term
         return out.reshape(n, c, h_out, w_out)

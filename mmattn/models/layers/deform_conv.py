@@ -69,7 +69,8 @@ class DeformableConvV2(ModulatedDeformConv2dPack, BaseModule):
         init_cfg (dict | list[dict], optional): mmengine init config. If None, mmcv's init
             (uniform main weight, zero bias, zero ``conv_offset``). If given it is applied by
             ``BaseModule.init_weights``; unless it contains a ``Pretrained`` entry,
-            ``conv_offset`` is zeroed again afterwards so the module still starts as a conv.
+            ``conv_offset`` is zeroed again afterwards so the module still starts as a conv
+            (also when a parent's init_cfg covering ``Conv2d`` initialises the model).
 
     What this adds over ``mmcv.ops.ModulatedDeformConv2dPack`` (registered by mmcv as
     ``DCNv2``, which this class does not re-register):
@@ -163,6 +164,9 @@ class DeformableConvV2(ModulatedDeformConv2dPack, BaseModule):
             with torch.no_grad():
                 self.conv_offset.weight.zero_()
                 self.conv_offset.bias.zero_()
+            # A parent's init_cfg (e.g. Normal on every Conv2d) reaches conv_offset too; left
+            # unmarked, this module's init_weights runs again after it, as mmcv's does.
+            self._is_init = False
 
     def _min_size(self) -> Tuple[int, int]:
         return tuple(

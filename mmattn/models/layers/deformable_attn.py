@@ -9,7 +9,7 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from mmattn.registry import MODELS
-from .helpers import build_act, check_input, check_int, check_divisible, check_positive
+from .helpers import build_act, check_divisible, check_input, check_int, check_positive
 
 __all__ = ['DeformableAttention2d']
 
@@ -116,8 +116,8 @@ class DeformableAttention2d(BaseModule):
         - Reference grid and offset scale. DAT v1 puts the reference points at
           ``(i + 0.5) / Hk * 2 - 1`` (pixel centres in the *align_corners=False* convention,
           while it samples with align_corners=True) and scales offsets by ``1 / Hk``; DAT++
-          scales by ``1 / (Hk - 1)`` but still places the points at ``(i + 0.5) / (Hk - 1) * 2
-          - 1``, half a grid step low/right of the map centre, so its last row and column of
+          scales by ``1 / (Hk - 1)`` but places the points at ``(i + 0.5) / (Hk - 1) * 2 - 1``,
+          shifted half a grid step towards the bottom-right, so its last row and column of
           reference points lie outside the map. Here the points are ``-1 + 2 i / (Hk - 1)`` (the
           same convention as the query grid and the sampling, so stride 1 samples exactly the
           pixels) and the scale is DAT++'s ``s / (Hk - 1)``: ``s`` keeps its released meaning

@@ -24,13 +24,17 @@ def fused_softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     softmax (flash / memory-efficient kernels). ``query``/``key`` share their last dim ``d``;
     ``value`` may have another (``dv``). All three are cast to ``value``'s dtype so the kernel
     sees one dtype under autocast. PyTorch's CPU flash kernel requires ``d == dv`` and otherwise
-    falls back to the explicit math path; on CPU the narrower side is therefore zero-padded,
+    falls back to the explicit math path (which forms the matrix); on CPU the narrower side is
+    therefore zero-padded,
     which leaves every dot product (and so the result) exactly unchanged. CUDA's
     memory-efficient kernel accepts ``dv != d`` directly.
     """
-    query = query.to(value.dtype).unsqueeze(1)
-    key = key.to(value.dtype).unsqueeze(1)
-    value = value.unsqueeze(1)
+    # (N, 1, L, d), last dim contiguous: the fused kernels need unit stride there and PyTorch
+    # silently falls back to the explicit math path otherwise (a copy for NCHW inputs, a no-op
+    # for channels_last ones)
+    query = query.to(value.dtype).unsqueeze(1).contiguous()
+    key = key.to(value.dtype).unsqueeze(1).contiguous()
+    value = value.unsqueeze(1).contiguous()
     d, dv = query.shape[-1], value.shape[-1]
     if query.device.type == 'cpu' and d != dv:
         if d < dv:
@@ -168,7 +172,8 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
             normal_init(last, std=std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(self, x, self.in_channels)
+        # the 2x2 max-pool of sub_sample needs at least a 2x2 map
+        check_input(self, x, self.in_channels, min_size=2 if self.sub_sample else 1)
         n, _, h, w = x.shape
         # (N, L, d) layouts: positions as rows
         value = self.g(x).flatten(2).transpose(1, 2)

@@ -1,0 +1,203 @@
+"""DANet PAM / CAM / dual (SPEC 2.6): equal to the explicit released formulation, identity at
+init, PAM never allocates the (HW x HW) matrix, CAM robust in half precision, argument checks."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mmattn.models.layers import (DANetChannelAttention, DANetDualAttention,
+                                  DANetPositionAttention, build_attention)
+
+
+class NoLargeTensors(TorchDispatchMode):
+    """Raise as soon as any aten op, forward or backward, returns a tensor of at least
+    ``limit`` elements; records the op names it saw."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops.append(str(func))
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.numel() >= self.limit:
+                raise AssertionError(f'{func} returned a tensor of shape {tuple(t.shape)}')
+        return out
+
+
+def randomise(m, seed=0):
+    """Random values for every parameter, the zero-initialised gammas included."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        for name, p in m.named_parameters():
+            if name.endswith('gamma'):
+                p.fill_(0.7 if 'cam' not in name else -0.4)
+    return m.eval()
+
+
+def reference_pam_term(m, x):
+    """Released PAM written out: S = softmax(B^T D) formed explicitly (HW x HW); V S^T."""
+    n, c, h, w = x.shape
+    b = F.conv2d(x, m.query_conv.weight, m.query_conv.bias).flatten(2)  # (N, C/8, HW)
+    d = F.conv2d(x, m.key_conv.weight, m.key_conv.bias).flatten(2)
+    v = F.conv2d(x, m.value_conv.weight, m.value_conv.bias).flatten(2)  # (N, C, HW)
+    s = torch.softmax(torch.einsum('nki,nkj->nij', b, d), dim=-1)  # (N, HW, HW)
+    return torch.einsum('ncj,nij->nci', v, s).reshape(n, c, h, w)
+
+
+def reference_cam_term(x):
+    """Released CAM written out: A = softmax(max(E) - E) with E = X X^T; A X."""
+    feat = x.flatten(2)
+    energy = torch.einsum('nci,ndi->ncd', feat, feat)
+    energy = energy.max(dim=-1, keepdim=True)[0].expand_as(energy) - energy
+    return torch.einsum('ncd,ndi->nci', torch.softmax(energy, dim=-1), feat).reshape(x.shape)
+
+
+def test_defaults_and_names():
+    pam = build_attention('danet_pam', 64)
+    assert type(pam) is DANetPositionAttention and pam.reduction == 8
+    assert pam.query_conv.out_channels == pam.key_conv.out_channels == 8
+    assert pam.value_conv.out_channels == 64 and pam.query_conv.bias is not None
+    # the release's parameter names, so its PAM_Module / CAM_Module weights load
+    assert set(pam.state_dict()) == {
+        f'{conv}.{p}' for conv in ('query_conv', 'key_conv', 'value_conv')
+        for p in ('weight', 'bias')} | {'gamma'}
+    assert set(build_attention('danet_cam', 64).state_dict()) == {'gamma'}
+    dual = build_attention('danet', 64)
+    assert type(dual) is DANetDualAttention and dual.pam.reduction == 8
+
+
+@pytest.mark.parametrize('hw', [(5, 7), (1, 1), (12, 3)])
+@pytest.mark.parametrize('reduction', [8, 2])
+def test_pam_matches_explicit_float64(hw, reduction):
+    m = randomise(DANetPositionAttention(16, reduction=reduction).double())
+    x = torch.randn(2, 16, *hw, dtype=torch.float64)
+    expected = m.gamma * reference_pam_term(m, x) + x
+    torch.testing.assert_close(m(x), expected, rtol=1e-10, atol=1e-10)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(m(x_cl), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('hw', [(5, 7), (1, 1), (12, 3)])
+def test_cam_matches_explicit_float64(hw):
+    m = randomise(DANetChannelAttention(8).double())
+    x = torch.randn(2, 8, *hw, dtype=torch.float64)
+    expected = m.gamma * reference_cam_term(x) + x
+    torch.testing.assert_close(m(x), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_dual_is_sum_of_branches_with_input_once_float64():
+    m = randomise(DANetDualAttention(16).double())
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64)
+    expected = (x + m.pam.gamma * reference_pam_term(m.pam, x) +
+                m.cam.gamma * reference_cam_term(x))
+    y = m(x)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y, m.pam(x) + m.cam(x) - x, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('cls', [DANetPositionAttention, DANetChannelAttention,
+                                 DANetDualAttention])
+def test_identity_at_init(cls):
+    m = cls(16)
+    x = torch.randn(2, 16, 5, 7)
+    assert torch.equal(m(x), x)
+    randomise(m)
+    assert not torch.allclose(m(x), x)
+    m.init_weights()
+    assert torch.equal(m(x), x)
+
+
+def test_init_cfg_replaces_default_init():
+    m = DANetPositionAttention(16, init_cfg=dict(type='Constant', val=0.5, layer='Conv2d'))
+    assert (m.query_conv.weight == 0.5).all() and (m.value_conv.weight == 0.5).all()
+    assert m.gamma.item() == 0
+
+
+@pytest.mark.parametrize('cls', [DANetPositionAttention, DANetDualAttention])
+def test_pam_never_allocates_affinity_matrix(cls):
+    """At 40x40 the (HW x HW) matrix has 2.56M elements; every other tensor of the module
+    (forward and backward, CAM's 16 x 16 included) has <= 16 * 1600."""
+    h = w = 40
+    m = randomise(cls(16)).train()
+    x = torch.randn(1, 16, h, w, requires_grad=True)
+    with NoLargeTensors(h * w * h * w) as guard:
+        m(x).sum().backward()
+    assert any('backward' in op for op in guard.ops)  # the backward pass was watched too
+    assert torch.isfinite(x.grad).all()
+    # the guard does catch the explicit formulation
+    pam = m if cls is DANetPositionAttention else m.pam
+    with pytest.raises(AssertionError, match='returned a tensor of shape'):
+        with NoLargeTensors(h * w * h * w), torch.no_grad():
+            reference_pam_term(pam, x)
+
+
+def test_gradcheck_pam_float64():
+    m = randomise(DANetPositionAttention(8, reduction=4).double())
+    x = torch.randn(1, 8, 3, 4, dtype=torch.float64, requires_grad=True)
+    gamma = m.gamma.detach().clone().requires_grad_()
+    params = dict(m.named_parameters())
+
+    def fn(x, gamma):
+        return torch.func.functional_call(m, {**params, 'gamma': gamma}, (x, ))
+
+    assert torch.autograd.gradcheck(fn, (x, gamma))
+
+
+def test_gradcheck_cam_float64():
+    m = randomise(DANetChannelAttention(4).double())
+    x = (0.5 * torch.randn(1, 4, 3, 4, dtype=torch.float64)).requires_grad_()
+    gamma = m.gamma.detach().clone().requires_grad_()
+
+    def fn(x, gamma):
+        return torch.func.functional_call(m, {'gamma': gamma}, (x, ))
+
+    assert torch.autograd.gradcheck(fn, (x, gamma))
+
+
+def test_cam_half_precision_energy_does_not_overflow():
+    # every entry of E sums HW = 1024 products ~100: ~1e5, beyond float16's 65504 (a float16
+    # E is all inf and its softmax NaN)
+    m = randomise(DANetChannelAttention(8))
+    x = 10 + 2 * torch.randn(1, 8, 32, 32)
+    ref = m(x)
+    y = m.half()(x.half())
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    assert (y.float() - ref).abs().max() <= 0.02 * ref.abs().max()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = m.float()(x)
+    assert torch.isfinite(y).all()
+    assert (y.float() - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+@pytest.mark.parametrize('cls, kwargs, exc, name', [
+    (DANetPositionAttention, dict(in_channels=0), ValueError, 'in_channels'),
+    (DANetPositionAttention, dict(in_channels='16'), TypeError, 'in_channels'),
+    (DANetPositionAttention, dict(reduction=0), ValueError, 'reduction'),
+    (DANetPositionAttention, dict(reduction=8.0), TypeError, 'reduction'),
+    (DANetPositionAttention, dict(in_channels=4), ValueError, 'in_channels=4.*reduction'),
+    (DANetChannelAttention, dict(in_channels=0), ValueError, 'in_channels'),
+    (DANetChannelAttention, dict(in_channels=None), TypeError, 'in_channels'),
+    (DANetDualAttention, dict(in_channels=-1), ValueError, 'in_channels'),
+    (DANetDualAttention, dict(reduction=True), TypeError, 'DANetDualAttention: reduction'),
+    (DANetDualAttention, dict(in_channels=4), ValueError, 'DANetDualAttention.*in_channels=4'),
+])
+def test_bad_arguments_name_the_argument(cls, kwargs, exc, name):
+    kwargs = {'in_channels': 16, **kwargs}
+    with pytest.raises(exc, match=name):
+        cls(**kwargs)
+
+
+@pytest.mark.parametrize('cls', [DANetPositionAttention, DANetChannelAttention,
+                                 DANetDualAttention])
+def test_bad_input_names_the_class(cls):
+    m = cls(16)
+    with pytest.raises(ValueError, match=f'{cls.__name__}.*in_channels=16'):
+        m(torch.randn(1, 8, 5, 5))
+    with pytest.raises(ValueError, match=f'{cls.__name__}.*4-D'):
+        m(torch.randn(16, 25))

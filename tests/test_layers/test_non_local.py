@@ -1,0 +1,213 @@
+"""FusedNonLocal2d (SPEC 2.5): equal to the explicit (HW x HW) formulation and to mmcv's
+NonLocal2d, identity at init, never allocates the affinity matrix, argument checks."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import NonLocal2d
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mmattn.models.layers import FusedNonLocal2d, build_attention
+
+MODES = ['embedded_gaussian', 'gaussian', 'dot_product']
+
+
+class NoLargeTensors(TorchDispatchMode):
+    """Raise as soon as any aten op, forward or backward, returns a tensor of at least
+    ``limit`` elements; records the op names it saw."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops.append(str(func))
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.numel() >= self.limit:
+                raise AssertionError(f'{func} returned a tensor of shape {tuple(t.shape)}')
+        return out
+
+
+def randomise(m, seed=0):
+    """Random values for every parameter and BN statistic (incl. the zero-initialised norm
+    scale), so the checks exercise the whole block; eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.copy_(0.1 * torch.randn(mod.running_mean.shape, generator=g))
+                mod.running_var.copy_(0.5 + torch.rand(mod.running_var.shape, generator=g))
+    return m.eval()
+
+
+def reference_non_local(m, x):
+    """The non-local block written out, forming the (HW x N_k) affinity matrix explicitly."""
+
+    def conv(cm, t):  # a ConvModule without norm and activation
+        return F.conv2d(t, cm.conv.weight, cm.conv.bias)
+
+    def branch(mod, t):  # g / phi, max-pooled 2x2 when sub_sample wrapped them
+        if isinstance(mod, nn.Sequential):
+            return F.max_pool2d(conv(mod[0], t), 2)
+        return conv(mod, t)
+
+    n, _, h, w = x.shape
+    g = branch(m.g, x).flatten(2)  # (N, d, Nk)
+    if m.mode == 'gaussian':
+        theta = x.flatten(2)
+        phi = (F.max_pool2d(x, 2) if m.sub_sample else x).flatten(2)
+    else:
+        theta = conv(m.theta, x).flatten(2)
+        phi = branch(m.phi, x).flatten(2)
+    f = torch.einsum('ndi,ndj->nij', theta, phi)  # (N, HW, Nk)
+    if m.mode == 'dot_product':
+        attn = f / f.shape[-1]
+    else:
+        if m.mode == 'embedded_gaussian' and m.use_scale:
+            f = f / math.sqrt(theta.shape[1])
+        attn = torch.softmax(f, dim=-1)
+    y = torch.einsum('nij,ndj->ndi', attn, g).reshape(n, -1, h, w)
+    wz = F.conv2d(y, m.conv_out.conv.weight, m.conv_out.conv.bias)
+    if m.conv_out.with_norm:
+        bn = m.conv_out.norm
+        wz = F.batch_norm(wz, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.,
+                          bn.eps)
+    return x + wz
+
+
+def test_paper_defaults():
+    m = FusedNonLocal2d(16)
+    assert (m.reduction, m.use_scale, m.sub_sample, m.mode) == (2, False, False,
+                                                                 'embedded_gaussian')
+    assert m.inter_channels == 8 and isinstance(m.conv_out.norm, nn.BatchNorm2d)
+    assert type(build_attention('nonlocal', 16)) is FusedNonLocal2d
+    assert FusedNonLocal2d._abbr_ == NonLocal2d._abbr_  # mmcv plugin names/checkpoints carry
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('sub_sample', [False, True])
+@pytest.mark.parametrize('use_scale', [False, True])
+def test_matches_explicit_formulation_and_mmcv_float64(mode, sub_sample, use_scale):
+    m = randomise(FusedNonLocal2d(16, use_scale=use_scale, sub_sample=sub_sample,
+                                  mode=mode).double())
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64)
+    y = m(x)
+    torch.testing.assert_close(y, reference_non_local(m, x), rtol=1e-10, atol=1e-10)
+    # mmcv's NonLocal2d with the same weights (same state dict layout) gives the same output
+    ref = NonLocal2d(16, use_scale=use_scale, sub_sample=sub_sample, mode=mode,
+                     norm_cfg=dict(type='BN')).double().eval()
+    ref.load_state_dict(m.state_dict(), strict=True)
+    torch.testing.assert_close(y, ref(x), rtol=1e-10, atol=1e-10)
+
+
+def test_matches_mmcv_defaults_without_norm():
+    m = randomise(FusedNonLocal2d(8, use_scale=True, norm_cfg=None).double())
+    ref = NonLocal2d(8).double().eval()  # mmcv's defaults: use_scale=True, no norm
+    ref.load_state_dict(m.state_dict(), strict=True)
+    x = torch.randn(1, 8, 6, 3, dtype=torch.float64)
+    torch.testing.assert_close(m(x), ref(x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(m(x), reference_non_local(m, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('norm_cfg', [dict(type='BN'), None])
+@pytest.mark.parametrize('sub_sample', [False, True])
+def test_identity_at_init(norm_cfg, sub_sample):
+    m = FusedNonLocal2d(16, norm_cfg=norm_cfg, sub_sample=sub_sample)
+    x = torch.randn(2, 16, 5, 7)
+    assert torch.equal(m.train()(x), x)
+    assert torch.equal(m.eval()(x), x)
+    # ...and init_weights() restores it after training changed the weights (mmcv's own
+    # init_weights raises AttributeError here when sub_sample=True)
+    randomise(m)
+    assert not torch.allclose(m(x), x)
+    m.init_weights()
+    assert torch.equal(m(x), x)
+
+
+def test_zeros_init_false_and_std():
+    m = FusedNonLocal2d(16, zeros_init=False, std=0.05)
+    assert m.conv_out.norm.weight.abs().sum() > 0
+    assert 0.02 < m.theta.conv.weight.std() < 0.1
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('sub_sample', [False, True])
+def test_never_allocates_affinity_matrix(mode, sub_sample):
+    """At 40x40 the (HW x N_k) matrix has >= 640k elements; every other tensor of the block
+    (forward and backward) has <= 16 * 1600. Any op returning the matrix fails the test."""
+    h = w = 40
+    n_k = (h // 2) * (w // 2) if sub_sample else h * w
+    m = FusedNonLocal2d(16, sub_sample=sub_sample, mode=mode, zeros_init=False).train()
+    x = torch.randn(1, 16, h, w, requires_grad=True)
+    with NoLargeTensors(h * w * n_k) as guard:
+        m(x).sum().backward()
+    assert any('backward' in op for op in guard.ops)  # the backward pass was watched too
+    assert torch.isfinite(x.grad).all()
+    # the guard does catch the explicit formulation
+    with pytest.raises(AssertionError, match='returned a tensor of shape'):
+        with NoLargeTensors(h * w * n_k), torch.no_grad():
+            reference_non_local(m.eval(), x)
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_gradcheck_float64(mode):
+    m = randomise(FusedNonLocal2d(4, mode=mode, use_scale=True, sub_sample=True).double())
+    x = torch.randn(1, 4, 4, 3, dtype=torch.float64, requires_grad=True)
+    weight = m.theta.conv.weight if mode != 'gaussian' else m.g[0].conv.weight
+    weight = weight.detach().clone().requires_grad_()
+    name = 'theta.conv.weight' if mode != 'gaussian' else 'g.0.conv.weight'
+    params = dict(m.named_parameters())
+    buffers = dict(m.named_buffers())
+
+    def fn(x, weight):
+        return torch.func.functional_call(m, {**params, **buffers, name: weight}, (x, ))
+
+    assert torch.autograd.gradcheck(fn, (x, weight))
+
+
+def test_gaussian_mode_under_autocast():
+    # query/key are the float32 input, value a bfloat16 conv output: one dtype for SDPA
+    m = randomise(FusedNonLocal2d(16, mode='gaussian'))
+    x = torch.randn(2, 16, 5, 7)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = m(x)
+    assert torch.isfinite(y).all()
+    assert (y.float() - m(x)).abs().max() < 0.05 * m(x).abs().max()
+
+
+@pytest.mark.parametrize('kwargs, exc, name', [
+    (dict(in_channels=0), ValueError, 'in_channels'),
+    (dict(in_channels=16.0), TypeError, 'in_channels'),
+    (dict(reduction=0), ValueError, 'reduction'),
+    (dict(reduction=2.5), TypeError, 'reduction'),
+    (dict(in_channels=4, reduction=8), ValueError, 'in_channels=4'),
+    (dict(mode='concatenation'), ValueError, 'mode'),
+    (dict(mode='gauss'), ValueError, 'mode'),
+    (dict(use_scale=1), TypeError, 'use_scale'),
+    (dict(sub_sample='yes'), TypeError, 'sub_sample'),
+    (dict(zeros_init=None), TypeError, 'zeros_init'),
+    (dict(norm_cfg='BN'), TypeError, 'norm_cfg'),
+    (dict(conv_cfg='Conv2d'), TypeError, 'conv_cfg'),
+    (dict(std=0), ValueError, 'std'),
+])
+def test_bad_arguments_name_the_argument(kwargs, exc, name):
+    kwargs = {'in_channels': 16, **kwargs}
+    with pytest.raises(exc, match=name):
+        FusedNonLocal2d(**kwargs)
+
+
+def test_bad_input_names_the_class():
+    m = FusedNonLocal2d(16)
+    with pytest.raises(ValueError, match='FusedNonLocal2d.*in_channels=16'):
+        m(torch.randn(1, 8, 5, 5))
+    with pytest.raises(ValueError, match='FusedNonLocal2d.*4-D'):
+        m(torch.randn(16, 5, 5))
+    with pytest.raises(ValueError, match='FusedNonLocal2d.*at least 2x2'):
+        FusedNonLocal2d(16, sub_sample=True)(torch.randn(1, 16, 1, 5))
