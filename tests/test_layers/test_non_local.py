@@ -169,7 +169,8 @@ def test_gradcheck_float64(mode):
     def fn(x, weight):
         return torch.func.functional_call(m, {**params, **buffers, name: weight}, (x, ))
 
-    assert torch.autograd.gradcheck(fn, (x, weight))
+    # fast mode: one random directional derivative per input instead of the full Jacobian
+    assert torch.autograd.gradcheck(fn, (x, weight), fast_mode=True)
 
 
 def test_gaussian_mode_under_autocast():

@@ -231,7 +231,7 @@ class ACmix(BaseModule):
 
         out = None
         for i in range(ka):
-            weights = att[..., i:i + ka].unsqueeze(1)  # (bh, 1, h_out, w_out, ka)
+            weights = att[..., i * ka:(i + 1) * ka].unsqueeze(1)  # (bh, 1, h_out, w_out, ka)
             term = (weights * self._window_row(v_pad, i, h_out)).sum(-1)
             out = term if out is None else out + term
         return out.reshape(n, c, h_out, w_out)

@@ -139,3 +139,19 @@ class CBAM(BaseModule):
         # order [max, mean] as released, so released weights load unchanged
         pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
         return x * torch.sigmoid(self.spatial_norm(self.spatial_conv(pooled)))
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> dict:
+        """The two gates of :meth:`forward`: ``dict(spatial=(N, H, W) or None with
+        no_spatial, channel=(N, C))``. The spatial gate is the one computed on the
+        channel-gated ``x * channel``, so ``forward(x) == x * channel * spatial`` (broadcast)."""
+        check_input(self, x, self.in_channels)
+        avg = x.mean(dim=(2, 3), keepdim=True)
+        mx = x.amax(dim=(2, 3), keepdim=True)
+        a_c = torch.sigmoid(self._mlp(avg) + self._mlp(mx))
+        if self.no_spatial:
+            return dict(spatial=None, channel=a_c.flatten(1))
+        y = x * a_c
+        pooled = torch.cat([y.amax(dim=1, keepdim=True), y.mean(dim=1, keepdim=True)], dim=1)
+        a_s = torch.sigmoid(self.spatial_norm(self.spatial_conv(pooled)))
+        return dict(spatial=a_s[:, 0], channel=a_c.flatten(1))

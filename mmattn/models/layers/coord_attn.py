@@ -118,3 +118,22 @@ class CoordinateAttention(BaseModule):
         a_h = torch.sigmoid(self.conv_h(y_h))                          # (N, C, H, 1)
         a_w = torch.sigmoid(self.conv_w(y_w.permute(0, 1, 3, 2)))      # (N, C, 1, W)
         return x * a_h * a_w
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> dict:
+        """Summaries of the gate ``G = a_h * a_w`` of :meth:`forward` (one weight per channel
+        and position, ``forward(x) == x * G``), which is neither purely spatial nor purely
+        per channel: ``dict(spatial=mean of G over channels (N, H, W), channel=mean of G over
+        positions (N, C))``."""
+        check_input(self, x, self.in_channels)
+        h, w = x.shape[-2:]
+        x_h = x.mean(dim=3, keepdim=True)
+        x_w = x.mean(dim=2, keepdim=True).permute(0, 1, 3, 2)
+        y = self.act(self.norm(self.conv1(torch.cat([x_h, x_w], dim=2))))
+        y_h, y_w = torch.split(y, [h, w], dim=2)
+        a_h = torch.sigmoid(self.conv_h(y_h))                      # (N, C, H, 1)
+        a_w = torch.sigmoid(self.conv_w(y_w.permute(0, 1, 3, 2)))  # (N, C, 1, W)
+        gate = a_h * a_w
+        # mean over H and W of a product of an H-only and a W-only factor factorises
+        return dict(spatial=gate.mean(dim=1),
+                    channel=a_h.mean(dim=(2, 3)) * a_w.mean(dim=(2, 3)))

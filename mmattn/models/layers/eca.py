@@ -91,3 +91,12 @@ class EfficientChannelAttention(BaseModule):
         y = x.mean(dim=(2, 3)).reshape(n, 1, c)  # channels as a 1-D sequence
         y = self.conv(y).reshape(n, c, 1, 1)
         return x * torch.sigmoid(y)
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> dict:
+        """The channel gate of :meth:`forward` as ``dict(spatial=None, channel=(N, C))``;
+        ``forward(x) == x * channel[:, :, None, None]``."""
+        check_input(self, x, self.in_channels)
+        n, c = x.shape[:2]
+        y = self.conv(x.mean(dim=(2, 3)).reshape(n, 1, c))
+        return dict(spatial=None, channel=torch.sigmoid(y).reshape(n, c))

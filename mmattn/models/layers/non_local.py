@@ -23,11 +23,11 @@ def fused_softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     Runs :func:`torch.nn.functional.scaled_dot_product_attention` (one head), which tiles the
     softmax (flash / memory-efficient kernels). ``query``/``key`` share their last dim ``d``;
     ``value`` may have another (``dv``). All three are cast to ``value``'s dtype so the kernel
-    sees one dtype under autocast. PyTorch's CPU flash kernel requires ``d == dv`` and otherwise
-    falls back to the explicit math path (which forms the matrix); on CPU the narrower side is
-    therefore zero-padded,
-    which leaves every dot product (and so the result) exactly unchanged. CUDA's
-    memory-efficient kernel accepts ``dv != d`` directly.
+    sees one dtype under autocast. Where the fused kernels do not apply PyTorch silently falls
+    back to an explicit math path that forms the matrix: PyTorch's CPU flash kernel requires
+    ``d == dv``, CUDA's memory-efficient kernel (which accepts ``dv != d``) aligned head dims.
+    The head dims are therefore zero-padded (on CPU the narrower side to the wider, elsewhere to
+    multiples of 8), which leaves every dot product, and so the result, exactly unchanged.
     """
     # (N, 1, L, d), last dim contiguous: the fused kernels need unit stride there and PyTorch
     # silently falls back to the explicit math path otherwise (a copy for NCHW inputs, a no-op
@@ -36,12 +36,16 @@ def fused_softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     key = key.to(value.dtype).unsqueeze(1).contiguous()
     value = value.unsqueeze(1).contiguous()
     d, dv = query.shape[-1], value.shape[-1]
-    if query.device.type == 'cpu' and d != dv:
-        if d < dv:
-            query = F.pad(query, (0, dv - d))
-            key = F.pad(key, (0, dv - d))
-        else:
-            value = F.pad(value, (0, d - dv))
+    if query.device.type == 'cpu':
+        pad_qk = pad_v = max(d, dv)  # the CPU flash kernel needs d == dv
+    else:
+        # CUDA's memory-efficient kernel needs head dims aligned to 8 (16-bit) / 4 (float32)
+        pad_qk, pad_v = -(-d // 8) * 8, -(-dv // 8) * 8
+    if pad_qk != d:
+        query = F.pad(query, (0, pad_qk - d))
+        key = F.pad(key, (0, pad_qk - d))
+    if pad_v != dv:
+        value = F.pad(value, (0, pad_v - dv))
     out = F.scaled_dot_product_attention(query, key, value, scale=scale)
     return out[..., :dv].squeeze(1)
 
@@ -95,18 +99,23 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
         conv_cfg (dict, optional): Conv layer config. Default: ``dict(type='Conv2d')``.
         norm_cfg (dict, optional): Norm after ``W_z``; None gives a biased conv, zero-initialised
             instead. Default: ``dict(type='BN')``.
-        std (float): Std of the normal init of ``theta, phi, g`` (biases 0). Default: 0.01.
+        std (float): Std of the normal init of the convs (biases 0). Default: 0.01.
         zeros_init (bool): Zero-init the norm after ``W_z`` (identity at init); False gives it a
             normal init with ``std``. Default: True.
         init_cfg (dict | list[dict], optional): mmengine initialisation config; when given it
-            replaces the default initialisation. Default: None.
+            replaces the default initialisation (mmengine then also runs the ``ConvModule``
+            children's own ``init_weights``, as for any module built from them). Default: None.
 
     Deviations from the released code:
-        The released Caffe2 models initialise ``theta, phi, g, W_z`` with std 0.01 and put an
-        affine BN with zero-initialised scale after ``W_z`` (as here); they compute the same
-        softmax over all positions. mmcv's defaults differ from the paper (``use_scale=True``,
-        no norm) and are not the defaults here; pass them to reproduce mmcv's ``NonLocal2d``
-        exactly (same outputs, tested).
+        The release's configuration (``NONLOCAL.*``) scales the affinities by
+        ``1/sqrt(C / reduction)`` (``USE_SCALE=True``) and max-pools ``phi, g``
+        (``USE_MAXPOOL=True``); the paper has no scaling and presents the max-pool as an
+        optional trick, so both are off by default here: pass ``use_scale=True,
+        sub_sample=True`` for the released block. Its other settings are the defaults here:
+        normal init std 0.01 for all convs (``W_z`` included), a BN after ``W_z`` with scale
+        and bias initialised to 0. mmcv's defaults (``use_scale=True``, no norm) are
+        not the defaults here either; passing them reproduces mmcv's ``NonLocal2d`` exactly
+        (same outputs, tested).
     """
 
     _abbr_ = 'nonlocal_block'
@@ -154,7 +163,7 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
         self.init_weights()
 
     def init_weights(self, std: Optional[float] = None, zeros_init: Optional[bool] = None):
-        """Paper init (normal ``std`` for ``theta, phi, g``; zero norm after ``W_z``), or
+        """Paper init (normal ``std`` for the convs; zero norm after ``W_z``), or
         mmengine's ``init_cfg`` when one was given. mmcv's constructor calls this with
         ``std``/``zeros_init`` before they are stored."""
         if self.init_cfg:
@@ -165,7 +174,11 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
         branches = [self.g] if self.mode == 'gaussian' else [self.g, self.theta, self.phi]
         for branch in branches:
             normal_init(_conv_of(branch), std=std)
-        last = self.conv_out.conv if self.conv_out.norm_cfg is None else self.conv_out.norm
+        if self.conv_out.norm_cfg is None:
+            last = self.conv_out.conv
+        else:
+            normal_init(self.conv_out.conv, std=std)  # as released (mmcv keeps Kaiming here)
+            last = self.conv_out.norm
         if zeros_init:
             constant_init(last, 0)
         else:

@@ -216,3 +216,40 @@ class PolarizedSelfAttention(BaseModule):
             s = torch.bmm(u.unsqueeze(1), xf)
         a_sp = torch.sigmoid(s)
         return x * a_sp.view(n, 1, h, w) * a_ch.view(n, c, 1, 1)
+
+    # ------------------------------------------------------------------ inspection
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> dict:
+        """The two gates this module applies to ``x``, for visualisation.
+
+        Returns ``dict(spatial=a_sp (N, H, W), channel=a_ch (N, C))``, computed with the same
+        maths (and helpers) as :meth:`forward`, so that ``forward(x)`` is
+        ``x * a_ch + x * a_sp`` with ``mode='parallel'`` and ``x * a_ch * a_sp`` with
+        ``mode='sequential'``, where the spatial gate is the one the spatial branch computes
+        on ``x * a_ch`` (broadcast as ``a_ch[:, :, None, None]`` and ``a_sp[:, None]``).
+        """
+        check_input(self, x, self.in_channels)
+        n, c, h, w = x.shape
+        xf = x.flatten(2)
+        mean = xf.mean(dim=-1)
+        if self.mode == 'parallel':
+            # the stacked product of _forward_parallel: q logits and the spatial scores
+            u = torch.matmul(self._spatial_query(mean), _mat(self.conv_v_left))
+            rows = torch.stack([_mat(self.conv_q_right).expand(n, c), u], dim=1)
+            maps = torch.bmm(rows, xf)
+            a_ch = self._channel_weights(xf, maps[:, 0])
+            s = maps[:, 1]
+            if self.formulation == 'released':
+                s = _softmax(s).to(x.dtype)
+        else:
+            q = torch.matmul(_mat(self.conv_q_right), xf).squeeze(1)
+            a_ch = self._channel_weights(xf, q)
+            g = self._spatial_query(a_ch * mean)
+            if self.formulation == 'released':
+                wv = _mat(self.conv_v_left).unsqueeze(0) * a_ch.unsqueeze(1)
+                theta = _softmax(torch.bmm(wv, xf)).to(x.dtype)
+                s = torch.bmm(g.unsqueeze(1), theta).squeeze(1)
+            else:
+                u = torch.matmul(g, _mat(self.conv_v_left)) * a_ch
+                s = torch.bmm(u.unsqueeze(1), xf).squeeze(1)
+        return dict(spatial=torch.sigmoid(s).view(n, h, w), channel=a_ch)

@@ -92,3 +92,12 @@ class SqueezeExcitation(BaseModule):
         s = x.mean(dim=(2, 3), keepdim=True)
         s = self.gate(self.fc2(self.act(self.fc1(s))))
         return x * s
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> dict:
+        """The channel gate ``s`` of :meth:`forward` as ``dict(spatial=None, channel=(N, C))``;
+        ``forward(x) == x * channel[:, :, None, None]``."""
+        check_input(self, x, self.in_channels)
+        s = x.mean(dim=(2, 3), keepdim=True)
+        s = self.gate(self.fc2(self.act(self.fc1(s))))
+        return dict(spatial=None, channel=s.flatten(1))

@@ -128,3 +128,28 @@ class TripletAttention(BaseModule):
         if self.hw is None:
             return out / 2
         return (out + self.hw(x)) / 3
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> dict:
+        """Summaries of the element-wise gate ``G`` of :meth:`forward` (``forward(x) == x *
+        G``, ``G`` the mean of the three branch gates broadcast to (N, C, H, W)):
+        ``dict(spatial=mean of G over channels (N, H, W), channel=mean of G over positions
+        (N, C))``."""
+        check_input(self, x, self.in_channels)
+
+        def gate(branch, t):
+            pooled = torch.cat([t.amax(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)], 1)
+            return torch.sigmoid(branch.norm(branch.conv(pooled)))[:, 0]
+
+        g_cw = gate(self.cw, x.permute(0, 2, 1, 3))  # (N, C, W)
+        g_hc = gate(self.hc, x.permute(0, 3, 2, 1))  # (N, H, C)
+        parts = 2 if self.hw is None else 3
+        # mean over C of each branch gate, as an (N, H, W) map
+        spatial = g_cw.mean(dim=1)[:, None, :] + g_hc.mean(dim=2)[:, :, None]
+        # mean over H, W of each branch gate, as an (N, C) vector
+        channel = g_cw.mean(dim=2) + g_hc.mean(dim=1)
+        if self.hw is not None:
+            g_hw = gate(self.hw, x)  # (N, H, W)
+            spatial = spatial + g_hw
+            channel = channel + g_hw.mean(dim=(1, 2))[:, None]
+        return dict(spatial=spatial / parts, channel=channel / parts)
