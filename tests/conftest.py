@@ -1,11 +1,10 @@
-"""Shared pytest set-up: markers, and a deterministic, single-process torch."""
+"""Shared pytest set-up: markers, seeding, and torch threads per kind of test."""
 import os
 
 import pytest
 import torch
 
-# Keep the suite predictable on 2-core CI machines (and silence OpenMP oversubscription).
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+_CORES = min(2, os.cpu_count() or 1)
 
 
 def pytest_configure(config):
@@ -14,6 +13,10 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _threads_and_seed(request):
+    """Unit tests are many tiny ops, which intra-op threads only slow down (OpenMP spinning
+    costs more than the op); end-to-end tests (marked slow) train real models and use the
+    cores."""
+    torch.set_num_threads(_CORES if request.node.get_closest_marker('slow') else 1)
     torch.manual_seed(0)
     yield

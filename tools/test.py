@@ -46,7 +46,7 @@ def enable_show_dir(cfg: Config, task: str, show_dir: str) -> None:
 
 
 def build_cfg(args) -> Config:
-    from mmattn.utils import setup_distributed, task_of
+    from mmattn.utils import fix_dataloaders, setup_distributed, task_of
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -70,6 +70,7 @@ def build_cfg(args) -> Config:
         cfg.test_evaluator = list(cfg.test_evaluator) if isinstance(
             cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
         cfg.test_evaluator.append(dict(type='DumpResults', out_file_path=args.out))
+    fix_dataloaders(cfg)
     setup_distributed(cfg, args.launcher)
     return cfg
 

@@ -7,7 +7,6 @@ The same flags as mmseg's and mmpose's tools/train.py; the task is read from the
 ``default_scope``. Multi-process: tools/dist_train.sh CONFIG NUM_PROCS (CPU-only machines too).
 """
 import argparse
-import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
@@ -38,7 +37,7 @@ def parse_args():
 
 
 def build_cfg(args) -> Config:
-    from mmattn.utils import enable_amp, setup_distributed, task_of
+    from mmattn.utils import enable_amp, fix_dataloaders, setup_distributed, task_of
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -62,6 +61,7 @@ def build_cfg(args) -> Config:
             raise RuntimeError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the '
                                'config')
         cfg.auto_scale_lr.enable = True
+    fix_dataloaders(cfg)
     setup_distributed(cfg, args.launcher)
     return cfg
 

@@ -1,1 +1,1 @@
-from .launch import enable_amp, local_rank_env, setup_distributed, task_of  # noqa: F401
+from .launch import enable_amp, fix_dataloaders, local_rank_env, setup_distributed, task_of  # noqa: F401

@@ -79,6 +79,17 @@ def enable_amp(cfg: Config) -> None:
         cfg.optim_wrapper.dtype = 'bfloat16'
 
 
+def fix_dataloaders(cfg: Config) -> None:
+    """``num_workers=0`` (e.g. from ``--cfg-options``) with the base configs'
+    ``persistent_workers=True`` makes torch refuse to build the loader; turn the latter off."""
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(key)
+        if loader and loader.get('num_workers', 0) == 0 and loader.get('persistent_workers'):
+            loader.persistent_workers = False
+            print_log(f'{key}: num_workers=0, so persistent_workers is turned off',
+                      logger='current')
+
+
 def local_rank_env(local_rank: int) -> None:
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(local_rank)

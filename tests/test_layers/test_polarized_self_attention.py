@@ -19,16 +19,6 @@ VARIANTS = [(m, f) for m in ('parallel', 'sequential') for f in ('released', 'pa
 TOL = dict(rtol=1e-10, atol=1e-10)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # these tensors are tiny; on a shared, loaded CPU intra-op threads only add spin-waiting
-    # (a 6-element softmax took ~10 ms with 2 threads), so run this file single-threaded
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- plain reference
 def plain_psa(x, sd, mode, formulation):
     """PSA written like the released PSA_p/PSA_s (formulation='released') or like the paper's

@@ -207,3 +207,40 @@ def test_attention_neck_per_level_channels():
     with pytest.raises(ValueError, match=r'levels \[3\] out of range'):
         _build('mmseg', dict(type='AttentionNeck', in_channels=[4, 8, 16], attention=PROBE,
                              levels=[3]))
+
+
+@pytest.mark.parametrize('scope', ['mmseg', 'mmpose'])
+def test_backbone_init_weights_keeps_attention_init(scope):
+    """HRNet's own init_cfg (Kaiming convs, constant-1 norms) runs over every submodule; the
+    attention modules' paper init must win afterwards (a zero-initialised non-local block is
+    the identity, so the plugged backbone equals the plain one with the same weights)."""
+    plugged = _tiny_hrnet(scope, plugins=dict(cfg=dict(type='FusedNonLocal2d'),
+                                              position='before_add', stages=(3, 4)))
+    plugged.init_weights()
+    for name in plugged.attention_plugins:
+        block = plugged.get_submodule(name)
+        assert torch.count_nonzero(block.conv_out.norm.weight) == 0, name
+    plain = _tiny_hrnet(scope)
+    plain.load_state_dict(plugged.state_dict(), strict=False)
+    plain.eval()
+    plugged.eval()
+    x = torch.randn(1, 3, 32, 32)
+    for a, b in zip(plugged(x), plain(x)):
+        torch.testing.assert_close(a, b)
+
+
+def test_pretrained_backbone_keeps_loaded_attention_weights(tmp_path):
+    """With a Pretrained init_cfg the checkpoint's attention weights must survive init."""
+    plugged = _tiny_hrnet(plugins=dict(preset='released', cfg=PROBE))
+    for name in plugged.attention_plugins:
+        plugged.get_submodule(name).weight.data.fill_(3.0)
+    path = tmp_path / 'plugged.pth'
+    torch.save(dict(state_dict=plugged.state_dict()), path)
+    again = _build('mmseg', dict(
+        type='AttentionBackbone', backbone_type='HRNet',
+        extra=_hrnet_extra(8, (1, 1, 1, 1), (1, 1, 1, 1)),
+        init_cfg=dict(type='Pretrained', checkpoint=str(path)),
+        plugins=dict(preset='released', cfg=PROBE)))
+    again.init_weights()
+    for name in again.attention_plugins:
+        assert torch.all(again.get_submodule(name).weight == 3.0)

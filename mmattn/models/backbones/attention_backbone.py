@@ -44,5 +44,5 @@ def AttentionBackbone(backbone: Optional[dict] = None, plugins: Union[dict, Sequ
         raise TypeError(f'AttentionBackbone needs backbone=dict(type=..., ...), got {backbone!r}')
     model = MODELS.build(copy.deepcopy(dict(backbone)))
     if plugins:
-        model.attention_plugins = add_block_plugins(model, plugins)
+        add_block_plugins(model, plugins)  # records them in model.attention_plugins
     return model

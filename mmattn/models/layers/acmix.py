@@ -61,11 +61,13 @@ class ACmix(BaseModule):
     "shift and summation" view of a convolution.
 
     *Cost.* The released code unfolds ``k`` and ``v`` ``kernel_att ** 2``-fold (49 copies of
-    each at the default 7). Here the window is visited one row of offsets at a time through
-    strided views of the padded maps (``Tensor.unfold`` of one row, which copies nothing): the
-    largest tensors kept for backward are the padded ``k``, ``v`` and the
-    ``head * kernel_att ** 2`` logits per pixel (``head_dim`` times less than one unfolded
-    ``k``), and the transients are ``kernel_att`` (not ``kernel_att ** 2``) times a projection.
+    each at the default 7). Here a Python loop (static, so ``torch.export`` unrolls it) visits
+    the ``kernel_att ** 2`` window offsets; each offset is a strided slice of the padded map,
+    a view that copies nothing. The logits of an offset are ``(q * k_shifted).sum(channels)``
+    and the output accumulates ``att_j * v_shifted`` with ``addcmul``. Kept for backward: the
+    padded ``k`` and ``v``, ``q`` and the ``head * kernel_att ** 2`` attention weights per
+    pixel (``head_dim`` times less than one unfolded ``k``); the transients are one
+    projection-sized product per offset, freed as the loop moves on.
     The result equals the released formulation up to floating-point rounding.
 
     Args:
@@ -105,7 +107,8 @@ class ACmix(BaseModule):
       unfolds an undilated one, and fails on a shape mismatch);
     - with ``stride > 1`` the output is ``ceil(H / stride)`` (the released code reshapes to
       ``H // stride`` and fails when ``stride`` does not divide ``H``);
-    - the softmax of the window runs in float32 under float16/bfloat16 autocast.
+    - under float16/bfloat16 autocast the softmax of the window and its weighted sum of ``v``
+      run in float32.
     """
 
     _abbr_ = 'acmix'
@@ -197,14 +200,13 @@ class ACmix(BaseModule):
         loc = torch.stack([loc_w.expand(h, w), loc_h.unsqueeze(1).expand(h, w)])
         return self.conv_p(loc.unsqueeze(0))
 
-    def _window_row(self, padded: torch.Tensor, row: int, h_out: int) -> torch.Tensor:
-        """Row ``row`` of the window of every output pixel, as a view of ``padded``:
-        (B, D, h_out, w_out, kernel_att), entry ``j`` at window offset ``(row, j)``."""
+    def _shifted(self, padded: torch.Tensor, row: int, col: int, h_out: int,
+                 w_out: int) -> torch.Tensor:
+        """Window offset ``(row, col)`` of every output pixel: a strided view (no copy) of the
+        padded map, (B, D, h_out, w_out)."""
         s, d = self.stride, self.dilation
-        start = row * d
-        rows = padded[:, :, start:start + (h_out - 1) * s + 1:s]
-        span = d * (self.kernel_att - 1) + 1
-        return rows.unfold(3, span, s)[..., ::d]
+        y, x = row * d, col * d
+        return padded[:, :, y:y + (h_out - 1) * s + 1:s, x:x + (w_out - 1) * s + 1:s]
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    pe: torch.Tensor) -> torch.Tensor:
@@ -212,28 +214,30 @@ class ACmix(BaseModule):
         s, ka, pad = self.stride, self.kernel_att, self.pad_att
         bh = n * self.head
         h_out, w_out = (h - 1) // s + 1, (w - 1) // s + 1
+        offsets = [(i, j) for i in range(ka) for j in range(ka)]  # row-major, as F.unfold
 
         q = q.reshape(bh, self.head_dim, h, w)
         if s > 1:
             q = q[:, :, ::s, ::s]
-        q = (q * self.head_dim**-0.5).unsqueeze(-1)  # (bh, hd, h_out, w_out, 1)
+        q = q * self.head_dim**-0.5
         # q_p . (k_{p+j} + pe_p - pe_{p+j}): the q_p . pe_p term is constant over the window
         # and cancels in the softmax; pad(k) - pad(pe) = pad(k - pe)
         k_pe = F.pad(k.reshape(bh, self.head_dim, h, w) - pe, (pad, ) * 4, mode='reflect')
         v_pad = F.pad(v.reshape(bh, self.head_dim, h, w), (pad, ) * 4, mode='reflect')
 
-        logits = torch.cat(
-            [(q * self._window_row(k_pe, i, h_out)).sum(1) for i in range(ka)], dim=-1)
+        logits = torch.stack(
+            [(q * self._shifted(k_pe, i, j, h_out, w_out)).sum(1) for i, j in offsets], dim=1)
         if logits.dtype in (torch.float16, torch.bfloat16):
-            att = logits.softmax(-1, dtype=torch.float32).to(logits.dtype)
+            # softmax and the weighted sum of the window accumulate in float32
+            att = logits.softmax(1, dtype=torch.float32)
         else:
-            att = logits.softmax(-1)  # (bh, h_out, w_out, ka * ka), offsets row-major
+            att = logits.softmax(1)  # (bh, ka * ka, h_out, w_out)
 
         out = None
-        for i in range(ka):
-            weights = att[..., i * ka:(i + 1) * ka].unsqueeze(1)  # (bh, 1, h_out, w_out, ka)
-            term = (weights * self._window_row(v_pad, i, h_out)).sum(-1)
-            out = term if out is None else out + term
+        for idx, (i, j) in enumerate(offsets):
+            weight = att[:, idx:idx + 1]  # (bh, 1, h_out, w_out)
+            value = self._shifted(v_pad, i, j, h_out, w_out)
+            out = weight * value if out is None else out.addcmul(weight, value)
         return out.reshape(n, c, h_out, w_out)
 
     def _convolution(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ position                      BasicBlock                                  Bottle
 """
 import copy
 import re
+import types
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
@@ -172,7 +173,9 @@ def _module_name(cfg: dict, name: Optional[str], index: int) -> str:
 
 def add_block_plugins(backbone: nn.Module, plugins: Union[dict, Sequence[dict]]) -> List[str]:
     """Insert the attention modules ``plugins`` describe into ``backbone``'s residual blocks,
-    in place, and return the state-dict prefixes of the added modules.
+    in place, and return the state-dict prefixes of the added modules (also kept in
+    ``backbone.attention_plugins``). The backbone's ``init_weights`` is extended so that its own
+    ``init_cfg`` does not overwrite the attention modules' initialisation.
 
     Each plugin is ``dict(cfg=<attention config>, position=..., stages=..., block_types=...,
     branches=..., name=...)`` or ``dict(preset='paper'|'released', cfg=...)``. ``in_channels`` of
@@ -206,7 +209,34 @@ def add_block_plugins(backbone: nn.Module, plugins: Union[dict, Sequence[dict]])
             raise ValueError(f'plugin {plugin["cfg"].get("type")} matched no block of '
                              f'{backbone_name} (stages={plugin["stages"]}, block_types='
                              f'{tuple(plugin["block_types"])}, branches={plugin["branches"]})')
+    backbone.attention_plugins = list(getattr(backbone, 'attention_plugins', [])) + added
+    if hasattr(backbone, 'init_weights'):
+        # a bound method (not a closure) so deepcopy rebinds it to the copy
+        backbone.init_weights = types.MethodType(_init_weights_keeping_attention, backbone)
     return added
+
+
+def _loads_pretrained(init_cfg) -> bool:
+    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    return any(isinstance(c, dict) and c.get('type') == 'Pretrained' for c in cfgs)
+
+
+def _init_weights_keeping_attention(self):
+    """The backbone's own ``init_weights``, then each inserted attention module's.
+
+    A backbone's ``init_cfg`` (e.g. HRNet's Kaiming convs / constant-1 norms) is applied to every
+    submodule, attention included, and mmengine's recursion into children stops at plain
+    ``nn.Sequential`` stages, so the attention modules' own initialisation (zero-initialised
+    residual norms, the papers' conv inits) would be silently lost. When the backbone loads a
+    pretrained checkpoint nothing is re-initialised: the checkpoint may hold attention weights.
+    """
+    type(self).init_weights(self)
+    if _loads_pretrained(getattr(self, 'init_cfg', None)):
+        return
+    for path in getattr(self, 'attention_plugins', []):
+        module = self.get_submodule(path)
+        if hasattr(module, 'init_weights'):
+            module.init_weights()
 
 
 def _all_block_names(backbone: nn.Module) -> set:
