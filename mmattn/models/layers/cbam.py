@@ -3,33 +3,13 @@ from typing import Optional, Union
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from .helpers import build_act, check_input, check_int, reduced_channels
+from .helpers import (build_act_arg, build_norm_arg, check_input, check_int, check_odd_kernel,
+                      reduced_channels)
 
 __all__ = ['CBAM']
-
-
-def _build_act_arg(owner: str, arg: str, cfg) -> nn.Module:
-    """``build_act`` whose errors name the class and the argument."""
-    try:
-        return build_act(cfg)
-    except (TypeError, ValueError, KeyError, AssertionError) as e:
-        err = TypeError if isinstance(e, TypeError) else ValueError
-        raise err(f'{owner}: {arg}={cfg!r} is not a valid activation ({e})') from e
-
-
-def _build_norm_arg(owner: str, cfg, num_features: int) -> nn.Module:
-    """mmcv ``build_norm_layer`` whose errors name the class and ``norm_cfg``."""
-    if not isinstance(cfg, dict):
-        raise TypeError(f"{owner}: norm_cfg must be a dict such as dict(type='BN'), got {cfg!r}")
-    try:
-        return build_norm_layer(cfg, num_features)[1]
-    except (TypeError, ValueError, KeyError, AssertionError) as e:
-        err = TypeError if isinstance(e, TypeError) else ValueError
-        raise err(f'{owner}: norm_cfg={cfg!r} is not a valid norm ({e})') from e
 
 
 @MODELS.register_module()
@@ -91,10 +71,7 @@ class CBAM(BaseModule):
         super().__init__(init_cfg=init_cfg)
         owner = type(self).__name__
         check_int('in_channels', in_channels, 1, owner)
-        check_int('kernel_size', kernel_size, 1, owner)
-        if kernel_size % 2 == 0:
-            # 'same' padding needs an odd kernel
-            raise ValueError(f'{owner}: kernel_size must be odd, got {kernel_size}')
+        check_odd_kernel('kernel_size', kernel_size, owner)  # 'same' padding
         if not isinstance(no_spatial, bool):
             raise TypeError(f'{owner}: no_spatial must be a bool, got {no_spatial!r}')
         self.in_channels = in_channels
@@ -104,12 +81,12 @@ class CBAM(BaseModule):
         self.hidden_channels = reduced_channels(in_channels, ratio, owner)
 
         self.fc1 = nn.Conv2d(in_channels, self.hidden_channels, 1, bias=True)
-        self.act = _build_act_arg(owner, 'act_cfg', act_cfg)
+        self.act = build_act_arg(owner, 'act_cfg', act_cfg)
         self.fc2 = nn.Conv2d(self.hidden_channels, in_channels, 1, bias=True)
         if not no_spatial:
             self.spatial_conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2,
                                           bias=False)
-            self.spatial_norm = _build_norm_arg(owner, norm_cfg, 1)
+            self.spatial_norm = build_norm_arg(owner, norm_cfg, 1)
         self.init_weights()
 
     def init_weights(self):

@@ -3,33 +3,12 @@ from typing import Optional, Union
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from .helpers import build_act, check_input, check_int
+from .helpers import build_act_arg, build_norm_arg, check_input, check_int
 
 __all__ = ['CoordinateAttention']
-
-
-def _build_act_arg(owner: str, arg: str, cfg) -> nn.Module:
-    """``build_act`` whose errors name the class and the argument."""
-    try:
-        return build_act(cfg)
-    except (TypeError, ValueError, KeyError, AssertionError) as e:
-        err = TypeError if isinstance(e, TypeError) else ValueError
-        raise err(f'{owner}: {arg}={cfg!r} is not a valid activation ({e})') from e
-
-
-def _build_norm_arg(owner: str, cfg, num_features: int) -> nn.Module:
-    """mmcv ``build_norm_layer`` whose errors name the class and ``norm_cfg``."""
-    if not isinstance(cfg, dict):
-        raise TypeError(f"{owner}: norm_cfg must be a dict such as dict(type='BN'), got {cfg!r}")
-    try:
-        return build_norm_layer(cfg, num_features)[1]
-    except (TypeError, ValueError, KeyError, AssertionError) as e:
-        err = TypeError if isinstance(e, TypeError) else ValueError
-        raise err(f'{owner}: norm_cfg={cfg!r} is not a valid norm ({e})') from e
 
 
 @MODELS.register_module()
@@ -89,8 +68,8 @@ class CoordinateAttention(BaseModule):
         self.reduction = reduction
         self.mip = max(min_mip, in_channels // reduction)
         self.conv1 = nn.Conv2d(in_channels, self.mip, 1, bias=True)
-        self.norm = _build_norm_arg(owner, norm_cfg, self.mip)
-        self.act = _build_act_arg(owner, 'act_cfg', act_cfg)
+        self.norm = build_norm_arg(owner, norm_cfg, self.mip)
+        self.act = build_act_arg(owner, 'act_cfg', act_cfg)
         self.conv_h = nn.Conv2d(self.mip, in_channels, 1, bias=True)
         self.conv_w = nn.Conv2d(self.mip, in_channels, 1, bias=True)
         self.init_weights()

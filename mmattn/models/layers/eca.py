@@ -7,7 +7,7 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from .helpers import check_input, check_int, check_positive
+from .helpers import check_input, check_int, check_positive, check_odd_kernel
 
 __all__ = ['EfficientChannelAttention', 'eca_kernel_size']
 
@@ -68,10 +68,8 @@ class EfficientChannelAttention(BaseModule):
         if kernel_size is None:
             kernel_size = eca_kernel_size(in_channels, gamma, b)
         else:
-            check_int('kernel_size', kernel_size, 1, owner)
-            if kernel_size % 2 == 0:
-                # an even kernel cannot be centred on its channel with symmetric padding
-                raise ValueError(f'{owner}: kernel_size must be odd, got {kernel_size}')
+            # an even kernel cannot be centred on its channel with symmetric padding
+            check_odd_kernel('kernel_size', kernel_size, owner)
         self.in_channels = in_channels
         self.kernel_size = kernel_size
         self.gamma = gamma

@@ -3,7 +3,7 @@ argument/input checks that turn user mistakes into messages naming what was expe
 from typing import Optional, Sequence, Union
 
 import torch
-from mmcv.cnn import build_activation_layer
+from mmcv.cnn import build_activation_layer, build_norm_layer
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None,
@@ -44,6 +44,26 @@ def build_act(act: Union[str, dict, None]) -> torch.nn.Module:
     return build_activation_layer(cfg)
 
 
+def build_act_arg(owner: str, arg: str, cfg) -> torch.nn.Module:
+    """``build_act`` whose errors name the class and the argument (e.g. ``act_cfg``)."""
+    try:
+        return build_act(cfg)
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        err = TypeError if isinstance(e, TypeError) else ValueError
+        raise err(f'{owner}: {arg}={cfg!r} is not a valid activation ({e})') from e
+
+
+def build_norm_arg(owner: str, cfg, num_features: int) -> torch.nn.Module:
+    """mmcv ``build_norm_layer`` whose errors name the class and ``norm_cfg``."""
+    if not isinstance(cfg, dict):
+        raise TypeError(f"{owner}: norm_cfg must be a dict such as dict(type='BN'), got {cfg!r}")
+    try:
+        return build_norm_layer(cfg, num_features)[1]
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        err = TypeError if isinstance(e, TypeError) else ValueError
+        raise err(f'{owner}: norm_cfg={cfg!r} is not a valid norm ({e})') from e
+
+
 # ----------------------------------------------------------------------------- argument checks
 def check_int(name: str, value, minimum: int = 1, owner: str = '') -> int:
     """Raise TypeError/ValueError naming ``name`` unless ``value`` is an int >= ``minimum``."""
@@ -52,6 +72,15 @@ def check_int(name: str, value, minimum: int = 1, owner: str = '') -> int:
         raise TypeError(f'{prefix}{name} must be an int, got {type(value).__name__} ({value!r})')
     if value < minimum:
         raise ValueError(f'{prefix}{name} must be >= {minimum}, got {value}')
+    return value
+
+
+def check_odd_kernel(name: str, value, owner: str = '') -> int:
+    """An int >= 1 that is odd, so that padding ``value // 2`` keeps the map size."""
+    check_int(name, value, 1, owner)
+    if value % 2 == 0:
+        prefix = f'{owner}: ' if owner else ''
+        raise ValueError(f'{prefix}{name} must be odd, got {value}')
     return value
 
 

@@ -6,18 +6,9 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from .helpers import build_act, check_input, check_int, reduced_channels
+from .helpers import build_act_arg, check_input, check_int, reduced_channels
 
 __all__ = ['SqueezeExcitation']
-
-
-def _build_act_arg(owner: str, arg: str, cfg) -> nn.Module:
-    """``build_act`` whose errors name the class and the argument."""
-    try:
-        return build_act(cfg)
-    except (TypeError, ValueError, KeyError, AssertionError) as e:
-        err = TypeError if isinstance(e, TypeError) else ValueError
-        raise err(f'{owner}: {arg}={cfg!r} is not a valid activation ({e})') from e
 
 
 @MODELS.register_module()
@@ -74,9 +65,9 @@ class SqueezeExcitation(BaseModule):
         self.hidden_channels = reduced_channels(in_channels, ratio, owner,
                                                 divisor=channels_divisor)
         self.fc1 = nn.Conv2d(in_channels, self.hidden_channels, 1, bias=True)
-        self.act = _build_act_arg(owner, 'act_cfg', act_cfg)
+        self.act = build_act_arg(owner, 'act_cfg', act_cfg)
         self.fc2 = nn.Conv2d(self.hidden_channels, in_channels, 1, bias=True)
-        self.gate = _build_act_arg(owner, 'gate_cfg', gate_cfg)
+        self.gate = build_act_arg(owner, 'gate_cfg', gate_cfg)
         self.init_weights()
 
     def init_weights(self):

@@ -3,24 +3,12 @@ from typing import Optional, Union
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from .helpers import check_input, check_int
+from .helpers import build_norm_arg, check_input, check_int, check_odd_kernel
 
 __all__ = ['TripletAttention']
-
-
-def _build_norm_arg(owner: str, cfg, num_features: int) -> nn.Module:
-    """mmcv ``build_norm_layer`` whose errors name the class and ``norm_cfg``."""
-    if not isinstance(cfg, dict):
-        raise TypeError(f"{owner}: norm_cfg must be a dict such as dict(type='BN'), got {cfg!r}")
-    try:
-        return build_norm_layer(cfg, num_features)[1]
-    except (TypeError, ValueError, KeyError, AssertionError) as e:
-        err = TypeError if isinstance(e, TypeError) else ValueError
-        raise err(f'{owner}: norm_cfg={cfg!r} is not a valid norm ({e})') from e
 
 
 class _ZPoolGate(nn.Module):
@@ -90,19 +78,16 @@ class TripletAttention(BaseModule):
         super().__init__(init_cfg=init_cfg)
         owner = type(self).__name__
         check_int('in_channels', in_channels, 1, owner)
-        check_int('kernel_size', kernel_size, 1, owner)
-        if kernel_size % 2 == 0:
-            # 'same' padding needs an odd kernel
-            raise ValueError(f'{owner}: kernel_size must be odd, got {kernel_size}')
+        check_odd_kernel('kernel_size', kernel_size, owner)  # 'same' padding
         if not isinstance(no_spatial, bool):
             raise TypeError(f'{owner}: no_spatial must be a bool, got {no_spatial!r}')
         self.in_channels = in_channels
         self.kernel_size = kernel_size
         self.no_spatial = no_spatial
-        self.cw = _ZPoolGate(kernel_size, _build_norm_arg(owner, norm_cfg, 1))
-        self.hc = _ZPoolGate(kernel_size, _build_norm_arg(owner, norm_cfg, 1))
+        self.cw = _ZPoolGate(kernel_size, build_norm_arg(owner, norm_cfg, 1))
+        self.hc = _ZPoolGate(kernel_size, build_norm_arg(owner, norm_cfg, 1))
         self.hw = (None if no_spatial else
-                   _ZPoolGate(kernel_size, _build_norm_arg(owner, norm_cfg, 1)))
+                   _ZPoolGate(kernel_size, build_norm_arg(owner, norm_cfg, 1)))
         self.init_weights()
 
     def init_weights(self):
