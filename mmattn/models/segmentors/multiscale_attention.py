@@ -4,6 +4,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.config import ConfigDict
 from mmseg.models.segmentors import CascadeEncoderDecoder
 from mmseg.registry import MODELS as MMSEG_MODELS
 from mmseg.utils import add_prefix
@@ -155,6 +156,8 @@ class HierarchicalMultiScaleSegmentor(CascadeEncoderDecoder):
             raise TypeError(f'HierarchicalMultiScaleSegmentor: the last decode head must hand '
                             f'out its features (forward_with_features), e.g. MscaleOCRHead; '
                             f'got {type(self.decode_head[-1]).__name__}')
+        if isinstance(self.test_cfg, dict) and not isinstance(self.test_cfg, ConfigDict):
+            self.test_cfg = ConfigDict(self.test_cfg)  # mmseg reads test_cfg.mode
         self.scale_attn_head = MMSEG_MODELS.build(scale_attn_head)
         train_scales = tuple(float(s) for s in train_scales)
         if len(train_scales) != 2 or not train_scales[0] < train_scales[1]:
