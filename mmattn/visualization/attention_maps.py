@@ -15,7 +15,8 @@ channel=(N, C) | None)``.
   This is an approximation: it equals the gate exactly for a pure multiplicative gate
   ``x * a(h, w)`` or ``x * a(c)``, and is only a description of how much the module amplifies
   or damps each position / channel for anything else (residual additions, mixing of
-  positions, sign changes). Positions/channels where ``x`` is zero everywhere give NaN.
+  positions, sign changes). Positions/channels where ``x`` is zero everywhere give NaN (1
+  where the output is zero there too).
   A module that changes the spatial size gives ``spatial=None``, one that changes the number
   of channels ``channel=None``.
 
@@ -24,6 +25,7 @@ naming them after their place in the backbone (:func:`find_attention_modules`), 
 their inputs during one inference (:class:`capture_inputs`) and summary statistics
 (:func:`map_stats`).
 """
+import copy
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -33,7 +35,7 @@ import torch.nn as nn
 
 __all__ = [
     'attention_maps', 'gain_maps', 'AttentionSite', 'find_attention_modules',
-    'attention_classes', 'parse_site', 'capture_inputs', 'map_stats'
+    'attention_classes', 'parse_site', 'capture_inputs', 'map_stats', 'has_own_maps'
 ]
 
 _STAGE_RE = re.compile(r'(?:^|\.)(?:layer|stage|res_layer|res)(\d+)(?=\.|$)')
@@ -58,8 +60,9 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def gain_maps(x: torch.Tensor, out: torch.Tensor) -> dict:
     """The generic estimate (see the module docstring) from an input and its output."""
-    x = x.float().abs()
-    out = _first_tensor(out).float().abs()
+    dtype = torch.promote_types(x.dtype, torch.float32)  # half precision to float32
+    x = x.to(dtype).abs()
+    out = _first_tensor(out).to(dtype).abs()
     spatial = channel = None
     if out.dim() == 4 and out.shape[0] == x.shape[0]:
         if out.shape[-2:] == x.shape[-2:]:
@@ -86,17 +89,29 @@ def _check_result(module: nn.Module, x: torch.Tensor, maps) -> dict:
 
 
 @torch.no_grad()
-def attention_maps(module: nn.Module, x: torch.Tensor,
-                   out: Optional[torch.Tensor] = None) -> dict:
+def attention_maps(module: nn.Module, x: torch.Tensor, out: Optional[torch.Tensor] = None,
+                   precise: bool = False) -> dict:
     """``dict(spatial=(N, H, W) tensor or None, channel=(N, C) tensor or None)`` for
     ``module`` applied to ``x`` (N, C, H, W).
 
     Uses ``module.attention_maps(x)`` when the module has one, else :func:`gain_maps` of one
     forward (``out``, the module's output for ``x``, saves that forward when it is known).
+
+    ``precise=True`` computes the maps with a float64 copy of the module (falling back to the
+    module as it is when it cannot run in float64). Worth it for display: PSA's released
+    spatial gate is ``sigmoid(softmax over HW)``, i.e. ``0.5 + O(1 / HW)``, whose variation is
+    only a few float32 steps on large maps.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f'attention_maps expects an (N, C, H, W) input, got '
                          f'{getattr(x, "shape", type(x).__name__)}')
+    if precise and x.dtype != torch.float64:
+        try:
+            maps = attention_maps(copy.deepcopy(module).double(), x.double())
+        except (RuntimeError, TypeError, NotImplementedError):
+            maps = None  # e.g. a compiled op without a float64 kernel
+        if maps is not None:
+            return maps
     method = getattr(module, 'attention_maps', None)
     if callable(method):
         return _check_result(module, x, method(x))
@@ -190,7 +205,8 @@ class capture_inputs:
     inference run inside it. ``recorded[path] = (x, out)``; ``extra`` modules (e.g. the
     backbone, whose input is the network's image tensor) are recorded the same way."""
 
-    def __init__(self, sites: Sequence[AttentionSite], extra: Optional[Dict[str, nn.Module]] = None):
+    def __init__(self, sites: Sequence[AttentionSite],
+                 extra: Optional[Dict[str, nn.Module]] = None):
         self.targets = {s.path: s.module for s in sites}
         self.targets.update(extra or {})
         self.recorded: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
@@ -223,7 +239,7 @@ def map_stats(t: Optional[torch.Tensor]) -> Optional[dict]:
     """min/max/mean/std of a map, ignoring NaNs (None for no map or no finite value)."""
     if t is None:
         return None
-    v = t.detach().float().flatten()
+    v = t.detach().double().flatten()
     v = v[torch.isfinite(v)]
     if v.numel() == 0:
         return None
