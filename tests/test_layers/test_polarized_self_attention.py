@@ -32,7 +32,7 @@ def plain_psa(x, sd, mode, formulation):
         ctx = torch.matmul(v, q.transpose(1, 2)).unsqueeze(-1)  # (N, C/2, 1, 1)
         if 'conv_up.0.weight' in sd:  # released PSA_s bottleneck
             z = F.conv2d(ctx, sd['conv_up.0.weight'], sd['conv_up.0.bias'])
-            z = F.layer_norm(z, [c // 8, 1, 1], sd['conv_up.1.weight'], sd['conv_up.1.bias'])
+            z = F.layer_norm(z, [c // 2 // 4, 1, 1], sd['conv_up.1.weight'], sd['conv_up.1.bias'])
             z = F.conv2d(F.relu(z), sd['conv_up.3.weight'], sd['conv_up.3.bias'])
         else:
             z = F.conv2d(ctx, sd['conv_up.weight'])
@@ -76,9 +76,9 @@ def released_state_dict(c, mode, seed=0, scale=0.5):
         sd['conv_up.weight'] = r(c, c // 2, 1, 1)
     else:
         sd.update({
-            'conv_up.0.weight': r(c // 8, c // 2, 1, 1), 'conv_up.0.bias': r(c // 8),
-            'conv_up.1.weight': 1 + r(c // 8, 1, 1), 'conv_up.1.bias': r(c // 8, 1, 1),
-            'conv_up.3.weight': r(c, c // 8, 1, 1), 'conv_up.3.bias': r(c),
+            'conv_up.0.weight': r(c // 2 // 4, c // 2, 1, 1), 'conv_up.0.bias': r(c // 2 // 4),
+            'conv_up.1.weight': 1 + r(c // 2 // 4, 1, 1), 'conv_up.1.bias': r(c // 2 // 4, 1, 1),
+            'conv_up.3.weight': r(c, c // 2 // 4, 1, 1), 'conv_up.3.bias': r(c),
         })
     return sd
 
@@ -110,9 +110,10 @@ def test_matches_plain_formulation(mode, formulation, shape):
     assert y_cl.is_contiguous(memory_format=torch.channels_last)
 
 
+# 18 is HRNet-W18's first branch: the released PSA_s floors its bottleneck to (18 // 2) // 4 = 2
+@pytest.mark.parametrize('c', [16, 18])
 @pytest.mark.parametrize('mode', ['parallel', 'sequential'])
-def test_loads_released_state_dict(mode):
-    c = 16
+def test_loads_released_state_dict(mode, c):
     sd = released_state_dict(c, mode)
     # as stored in a released checkpoint: strip the block prefix, load strictly
     prefix = 'module.backbone.stage2.0.branches.0.0.deattn.'
@@ -296,8 +297,8 @@ def test_released_init(mode):
     (dict(in_channels=0), ValueError, r'in_channels must be >= 2'),
     (dict(in_channels=16.0), TypeError, r'in_channels must be an int'),
     (dict(in_channels=True), TypeError, r'in_channels must be an int'),
-    (dict(in_channels=12, mode='sequential'), ValueError,
-     r'in_channels=12 must be divisible by 8'),
+    (dict(in_channels=6, mode='sequential'), ValueError,
+     r"in_channels=6 is too small for mode='sequential'"),
     (dict(in_channels=16, mode='para'), ValueError,
      r"mode must be one of \['parallel', 'sequential'\]"),
     (dict(in_channels=16, formulation='official'), ValueError,

@@ -60,8 +60,9 @@ class PolarizedSelfAttention(BaseModule):
 
     Args:
         in_channels (int): Input (= output) channels C. Must be even (the branches use C/2
-            channels); with ``mode='sequential'`` and the released formulation also divisible
-            by 8 (the ``conv_up`` bottleneck has C/8 channels).
+            channels); with ``mode='sequential'`` and the released formulation at least 8 (the
+            ``conv_up`` bottleneck has ``(C // 2) // 4`` channels, floored as released, e.g. 2
+            for HRNet-W18's C=18).
         mode (str): ``'parallel'`` (PSA_p) or ``'sequential'`` (PSA_s).
         formulation (str): ``'released'`` (authors' code) or ``'paper'`` (paper equations).
         init_cfg (dict | list[dict], optional): mmengine initialisation config; when omitted,
@@ -81,8 +82,6 @@ class PolarizedSelfAttention(BaseModule):
           combined as ``addcmul(x * a_sp, x, a_ch)`` (same maths, one pass fewer).
         * No ``inplanes``/``planes``/``kernel_size``/``stride`` arguments: the released blocks
           are always built with ``planes == inplanes``, 1x1 kernels and stride 1.
-        * The released code floors C/2/4 for the bottleneck; here C must be divisible by 8
-          instead of silently rounding (every released checkpoint has C in {48, 96, 192, 384}).
         * The released method names are swapped (``spatial_pool`` computes the channel
           branch); here the names say what is computed.
     """
@@ -98,15 +97,16 @@ class PolarizedSelfAttention(BaseModule):
             raise ValueError(f'{_OWNER}: in_channels={in_channels} must be even (both branches '
                              f'use in_channels/2 channels)')
         bottleneck = mode == 'sequential' and formulation == 'released'
-        if bottleneck and in_channels % 8:
+        half = in_channels // 2
+        squeezed = half // 4  # floored as in the released code
+        if bottleneck and squeezed < 1:
             raise ValueError(
-                f"{_OWNER}: in_channels={in_channels} must be divisible by 8 with "
-                f"mode='sequential' and formulation='released' (its conv_up bottleneck has "
-                f'in_channels/8 channels)')
+                f"{_OWNER}: in_channels={in_channels} is too small for mode='sequential' and "
+                f"formulation='released': its conv_up bottleneck has (in_channels // 2) // 4 "
+                f'= 0 channels; use in_channels >= 8')
         self.in_channels = in_channels
         self.mode = mode
         self.formulation = formulation
-        half = in_channels // 2
 
         # channel branch ("right" in the released code)
         self.conv_q_right = nn.Conv2d(in_channels, 1, 1, bias=False)
@@ -114,10 +114,10 @@ class PolarizedSelfAttention(BaseModule):
         if bottleneck:
             # indices 0, 1, 3 are the released checkpoint keys (2 is the parameter-free ReLU)
             self.conv_up = nn.Sequential(
-                nn.Conv2d(half, in_channels // 8, 1),
-                nn.LayerNorm([in_channels // 8, 1, 1]),
+                nn.Conv2d(half, squeezed, 1),
+                nn.LayerNorm([squeezed, 1, 1]),
                 nn.ReLU(inplace=True),
-                nn.Conv2d(in_channels // 8, in_channels, 1))
+                nn.Conv2d(squeezed, in_channels, 1))
         else:
             self.conv_up = nn.Conv2d(half, in_channels, 1, bias=False)
         # the paper's LayerNorm over the C outputs of W_z, before the sigmoid

@@ -1,0 +1,555 @@
+"""Parameters and FLOPs of a config's model, and the share its attention modules add.
+
+Built on :mod:`mmengine.analysis` (``FlopAnalyzer``, ``parameter_count``), the counter mmseg's and
+mmpose's own ``get_flops`` tools use. Its convention: one fused multiply-add is one flop
+(convolution, linear, matmul/bmm/einsum count multiply-adds, bias and additions are ignored);
+batch norm, layer norm, group norm, upsampling and adaptive average pooling are estimated per
+element; softmax, sigmoid and elementwise ``mul``/``add`` are not counted at all.
+
+Three FLOP figures are reported for every model:
+
+``executed``
+    ``FlopAnalyzer`` on the model's ``tensor``-mode forward: the operations that actually run,
+    exactly what ``mmseg``/``mmpose`` ``get_flops`` print. mmattn's PSA forward is reassociated
+    (the C -> C/2 projections over every position become matrix-vector products), so PSA
+    executes ~35x fewer multiply-adds here than the authors' code.
+``released``
+    The same count, with each attention module replaced by the multiply-adds the authors'
+    released formulation would execute on the same input (an analytic count, see
+    :func:`psa_released_macs`; counted the way ``FlopAnalyzer`` would count that code). This is
+    the figure to compare with a paper that measured its released code.
+``paper``
+    The convention of the HRNet code base (``get_model_summary``), which the HRNet and PSA papers
+    report: multiply-adds of Conv and Linear layers only, attention modules as their released
+    convolutions, divided by ``2**30`` (HRNet's code prints ``flops / 1024**3`` as "GFLOPs").
+    It reproduces HRNet-W48's 14.6 / 32.9 and HRNet-W48 + PSA_p's 15.7 / 35.4 GFLOPs.
+
+Attention modules are the modules whose class is one of
+:func:`mmattn.models.layers.attention_class_names` (outermost only: a module inside another
+attention module is part of that module's share).
+"""
+import copy
+import functools
+import inspect
+import os.path as osp
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    'GIGA', 'PAPER_GIGA', 'Complexity', 'Failure', 'ANALYTIC_COUNTS', 'register_analytic_count',
+    'psa_released_macs', 'psa_executed_macs', 'attention_modules', 'analyze_model',
+    'load_config', 'disable_pretrained', 'default_input_shape', 'build_model',
+    'analyze_config', 'find_baseline', 'format_report', 'markdown_table', 'write_markdown'
+]
+
+GIGA = 1e9  # mmengine / mmseg / mmpose print decimal G
+PAPER_GIGA = 2**30  # the HRNet code base prints flops / 1024**3 as "GFLOPs"
+
+# operators the HRNet-code-base convention counts (Conv and Linear layers)
+PAPER_OPS = ('conv', 'linear', 'addmm')
+# elementwise operators FlopAnalyzer does not count; not worth a warning line
+_SILENT_UNCOUNTED = {
+    'aten::add', 'aten::add_', 'aten::mul', 'aten::mul_', 'aten::sub', 'aten::div', 'aten::relu',
+    'aten::relu_', 'aten::sigmoid', 'aten::softmax', 'aten::mean', 'aten::addcmul', 'aten::sum',
+    'aten::exp', 'aten::rsub', 'aten::neg', 'aten::max', 'aten::tanh', 'aten::gelu',
+    'aten::hardswish', 'aten::hardsigmoid', 'aten::silu', 'aten::pow', 'aten::sqrt'
+}
+
+
+# ------------------------------------------------------------------------------------------
+# analytic counts of the released attention formulations
+# ------------------------------------------------------------------------------------------
+def psa_released_macs(channels: int, height: int, width: int, mode: str = 'parallel',
+                      formulation: str = 'released', batch: int = 1) -> Counter:
+    """Multiply-adds of one Polarized Self-Attention block as the authors' code computes it
+    (SPEC 2.1), by ``FlopAnalyzer`` operator name. ``C = channels``, ``P = height * width``.
+
+    Released code, both layouts: four 1x1 convolutions over every position,
+    ``conv_q_right`` C -> 1 (``C P``) and ``conv_v_right``, ``conv_q_left``, ``conv_v_left``
+    C -> C/2 (``C^2/2 P`` each); two products with a pooled vector, ``v @ softmax(q)^T`` and
+    ``g @ theta`` (``C/2 P`` each); ``avgpool(conv_q_left(x))`` (``C/2 P``, counted per input
+    element); ``conv_up`` on the (C/2, 1, 1) context: C/2 -> C (``C^2/2``, PSA_p) or the PSA_s
+    bottleneck C/2 -> C/8 -> C (``C^2/16 + C^2/8``) with LayerNorm([C/8, 1, 1]) (``5 C/8``).
+    The paper formulation adds LayerNorm([C, 1, 1]) after a single ``conv_up`` (``5 C``).
+    Softmax, sigmoid and the two elementwise products with ``x`` are not counted (as
+    ``FlopAnalyzer`` does not count them).
+
+    PSA_p total: ``1.5 C^2 P + C P`` (conv) ``+ C P`` (matmul) ``+ C/2 P`` (pool)
+    ``+ C^2/2`` (conv_up).
+    """
+    c, p = int(channels), int(height) * int(width)
+    half = c // 2
+    counts = Counter()
+    counts['conv'] = c * p + 3 * c * half * p
+    counts['matmul'] = 2 * half * p
+    counts['adaptive_avg_pool2d'] = half * p
+    if mode == 'sequential' and formulation == 'released':
+        counts['conv'] += half * (c // 2 // 4) + (c // 2 // 4) * c
+        counts['layer_norm'] = 5 * (c // 2 // 4)
+    else:
+        counts['conv'] += half * c
+        if formulation == 'paper':
+            counts['layer_norm'] = 5 * c
+    return Counter({k: v * batch for k, v in counts.items()})
+
+
+def psa_executed_macs(channels: int, height: int, width: int, mode: str = 'parallel',
+                      formulation: str = 'released', batch: int = 1) -> Counter:
+    """What ``FlopAnalyzer`` counts for mmattn's reassociated PSA forward (see
+    ``PolarizedSelfAttention``): the q/v projections act on pooled vectors, so only ``x`` is
+    read over the positions. ``C = channels``, ``P = height * width``.
+
+    PSA_p: ``bmm`` of x with [w_q_right; W_v_left^T g] (``2 C P``) and with softmax(q)
+    (``C P``); ``linear`` W_q_left mean(x), W_v_right pooled, conv_up (``3 C^2/2``);
+    ``matmul`` g W_v_left (``C^2/2``). Total ``3 C P + 2 C^2``.
+    PSA_s (released): ``matmul`` q (``C P``), ``bmm`` pooled (``C P``), theta with the per-sample
+    folded weights (``C^2/2 P``) and g theta (``C/2 P``); ``linear`` W_v_right, W_q_left,
+    bottleneck (``C^2 + C^2/16 + C^2/8``); ``layer_norm`` (``5 C/8``).
+    """
+    c, p = int(channels), int(height) * int(width)
+    half = c // 2
+    counts = Counter()
+    if mode == 'parallel':
+        counts['bmm'] = 3 * c * p
+        counts['linear'] = 3 * half * c
+        counts['matmul'] = half * c
+        if formulation == 'paper':
+            counts['layer_norm'] = 5 * c
+    elif formulation == 'released':
+        counts['matmul'] = c * p
+        counts['bmm'] = c * p + half * c * p + half * p
+        counts['linear'] = 2 * half * c + half * (c // 2 // 4) + (c // 2 // 4) * c
+        counts['layer_norm'] = 5 * (c // 2 // 4)
+    else:
+        counts['matmul'] = c * p + half * c
+        counts['bmm'] = c * p + c * p
+        counts['linear'] = 3 * half * c
+        counts['layer_norm'] = 5 * c
+    return Counter({k: v * batch for k, v in counts.items()})
+
+
+def _psa_count(module: nn.Module, shape: Sequence[int]) -> Counter:
+    n, c, h, w = shape
+    return psa_released_macs(c, h, w, module.mode, module.formulation, batch=n)
+
+
+# class name -> fn(module, input shape) -> Counter of multiply-adds by FlopAnalyzer op name,
+# for attention modules whose executed forward differs from the released formulation
+ANALYTIC_COUNTS: Dict[str, Callable[[nn.Module, Sequence[int]], Counter]] = {
+    'PolarizedSelfAttention': _psa_count,
+}
+
+
+def register_analytic_count(class_name: str, fn: Callable[[nn.Module, Sequence[int]], Counter]):
+    """Count modules of ``class_name`` analytically in the ``released``/``paper`` figures."""
+    ANALYTIC_COUNTS[class_name] = fn
+    return fn
+
+
+# ------------------------------------------------------------------------------------------
+# counting a model
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Complexity:
+    """Counts of one model on one input. Flops are multiply-adds (1 MAC = 1 flop)."""
+    name: str
+    input_shape: Tuple[int, ...]
+    params: int
+    flops: int  # executed, FlopAnalyzer total
+    flops_released: int
+    macs_paper: int  # conv + linear multiply-adds, attention as released
+    attn_params: int = 0
+    attn_flops: int = 0
+    attn_flops_released: int = 0
+    attn_macs_paper: int = 0
+    attn_modules: int = 0
+    attn_classes: Dict[str, int] = field(default_factory=dict)
+    analytic: bool = False  # whether some attention module was counted analytically
+    by_operator: Counter = field(default_factory=Counter)
+    uncounted_ops: Counter = field(default_factory=Counter)
+    task: str = ''
+    config: str = ''
+
+    # paper units
+    @property
+    def mparams(self) -> float:
+        return self.params / 1e6
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / GIGA
+
+    @property
+    def gflops_released(self) -> float:
+        return self.flops_released / GIGA
+
+    @property
+    def gflops_paper(self) -> float:
+        return self.macs_paper / PAPER_GIGA
+
+
+def attention_modules(model: nn.Module,
+                      class_names: Optional[Iterable[str]] = None) -> Dict[str, nn.Module]:
+    """``{name: module}`` of the outermost modules of ``model`` whose class is registered by
+    mmattn (``attention_class_names()``)."""
+    if class_names is None:
+        from mmattn.models.layers import attention_class_names
+        class_names = attention_class_names()
+    class_names = set(class_names)
+    found: Dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if type(module).__name__ not in class_names:
+            continue
+        if any(name.startswith(outer + '.') for outer in found):
+            continue
+        found[name] = module
+    return found
+
+
+def _tensor_mode(model: nn.Module) -> Callable:
+    """A forward taking the image tensor only: OpenMMLab models in ``mode='tensor'`` (what
+    mmseg's and mmpose's get_flops trace), any other module as it is."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return model.forward
+    if 'mode' in params:
+        kwargs = dict(mode='tensor')
+        if 'data_samples' in params:
+            kwargs['data_samples'] = None
+        return functools.partial(model.forward, **kwargs)
+    return model.forward
+
+
+def analyze_model(model: nn.Module, input_shape: Sequence[int], name: str = '',
+                  class_names: Optional[Iterable[str]] = None,
+                  inputs: Optional[torch.Tensor] = None) -> Complexity:
+    """Count ``model`` on a random input of ``input_shape`` (``(C, H, W)`` or ``(N, C, H,
+    W)``) with mmengine's ``FlopAnalyzer`` and ``parameter_count``."""
+    from mmengine.analysis import FlopAnalyzer, parameter_count
+
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 3:
+        shape = (1, ) + shape
+    if inputs is None:
+        param = next(model.parameters(), None)
+        inputs = torch.randn(shape, device=param.device if param is not None else None)
+    attention = attention_modules(model, class_names)
+
+    # record the input shape of every attention call for the analytic counts
+    seen: Dict[str, List[Tuple[int, ...]]] = {n: [] for n in attention}
+    handles = []
+    for attn_name, module in attention.items():
+        def record(mod, args, _name=attn_name):
+            seen[_name].append(tuple(int(s) for s in args[0].shape))
+        handles.append(module.register_forward_pre_hook(record))
+
+    original_forward = model.__dict__.get('forward')
+    model.forward = _tensor_mode(model)
+    was_training = model.training
+    model.eval()
+    try:
+        analyzer = FlopAnalyzer(model, (inputs, ))
+        analyzer.unsupported_ops_warnings(False)
+        analyzer.uncalled_modules_warnings(False)
+        analyzer.tracer_warnings('none')
+        with torch.no_grad():
+            total = analyzer.total()
+        by_operator = Counter(analyzer.by_operator())
+        by_module = analyzer.by_module()
+        uncounted = Counter(analyzer.unsupported_ops())
+    finally:
+        for handle in handles:
+            handle.remove()
+        if original_forward is None:
+            del model.forward
+        else:
+            model.forward = original_forward
+        model.train(was_training)
+
+    params = parameter_count(model)['']
+    attn_params = sum(p.numel() for m in attention.values() for p in m.parameters())
+    attn_flops = attn_released = attn_paper = 0
+    paper = sum(by_operator.get(op, 0) for op in PAPER_OPS)
+    analytic = False
+    classes: Counter = Counter()
+    for attn_name, module in attention.items():
+        cls = type(module).__name__
+        classes[cls] += 1
+        executed_ops = Counter(analyzer.by_operator(attn_name)) if attn_name in by_module \
+            else Counter()
+        executed = sum(executed_ops.values())
+        executed_paper = sum(executed_ops.get(op, 0) for op in PAPER_OPS)
+        counter = ANALYTIC_COUNTS.get(cls)
+        if counter is not None and seen[attn_name]:
+            released_ops = Counter()
+            for call_shape in seen[attn_name]:
+                released_ops.update(counter(module, call_shape))
+            analytic = True
+        else:
+            released_ops = executed_ops
+        attn_flops += executed
+        attn_released += sum(released_ops.values())
+        attn_paper += sum(released_ops.get(op, 0) for op in PAPER_OPS)
+        paper -= executed_paper
+    paper += attn_paper
+    return Complexity(
+        name=name, input_shape=shape, params=params, flops=total,
+        flops_released=total - attn_flops + attn_released, macs_paper=paper,
+        attn_params=attn_params, attn_flops=attn_flops, attn_flops_released=attn_released,
+        attn_macs_paper=attn_paper, attn_modules=len(attention), attn_classes=dict(classes),
+        analytic=analytic, by_operator=by_operator,
+        uncounted_ops=Counter({k: v for k, v in uncounted.items()
+                               if k not in _SILENT_UNCOUNTED}))
+
+
+# ------------------------------------------------------------------------------------------
+# configs
+# ------------------------------------------------------------------------------------------
+def disable_pretrained(node) -> int:
+    """Set every ``pretrained`` key to None and drop every ``init_cfg`` that loads a
+    checkpoint, in place (nested dicts and lists); return how many were changed."""
+    count = 0
+    if isinstance(node, dict):
+        for key in list(node.keys()):
+            value = node[key]
+            if key == 'pretrained' and value is not None and not isinstance(value, bool):
+                node[key] = None
+                count += 1
+            elif key == 'init_cfg' and _loads_checkpoint(value):
+                node[key] = None
+                count += 1
+            else:
+                count += disable_pretrained(value)
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            count += disable_pretrained(item)
+    return count
+
+
+def _loads_checkpoint(init_cfg) -> bool:
+    if isinstance(init_cfg, dict):
+        return init_cfg.get('type') == 'Pretrained' or 'checkpoint' in init_cfg
+    if isinstance(init_cfg, (list, tuple)):
+        return any(_loads_checkpoint(c) for c in init_cfg)
+    return False
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None):
+    """The config at ``path`` with ``cfg_options`` merged and pretrained weights disabled."""
+    from mmengine.config import Config
+
+    import mmattn  # noqa: F401  (registers the modules, as custom_imports would)
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    disable_pretrained(cfg._cfg_dict['model'])
+    return cfg
+
+
+def default_input_shape(cfg) -> Tuple[int, int]:
+    """``(H, W)`` the config trains on: the codec's ``input_size`` (mmpose, given as W, H) or
+    ``crop_size`` (mmseg, given as H, W)."""
+    codec = cfg.get('codec')
+    if isinstance(codec, (list, tuple)) and codec:
+        codec = codec[0]
+    if isinstance(codec, dict) and codec.get('input_size') is not None:
+        w, h = codec['input_size'][:2]
+        return int(h), int(w)
+    for key in ('crop_size', 'img_scale', 'input_size'):
+        size = cfg.get(key)
+        if size is not None:
+            if isinstance(size, int):
+                return size, size
+            return int(size[0]), int(size[1])
+    preprocessor = cfg.get('model', {}).get('data_preprocessor') or {}
+    if preprocessor.get('size'):
+        return tuple(int(s) for s in preprocessor['size'])[:2]
+    raise ValueError('cannot find the input size in the config (codec.input_size, crop_size); '
+                     'give --shape H W')
+
+
+def build_model(cfg) -> nn.Module:
+    """Build ``cfg.model`` in the config's scope, SyncBN reverted to BN, in eval mode."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import MODELS, init_default_scope
+
+    scope = cfg.get('default_scope')
+    if scope:
+        init_default_scope(scope)
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    model = revert_sync_batchnorm(model)
+    model.eval()
+    return model
+
+
+def analyze_config(path: str, shape: Optional[Sequence[int]] = None,
+                   cfg_options: Optional[dict] = None) -> Complexity:
+    """Build the model of the config at ``path`` and count it at ``shape`` ``(H, W)`` (default:
+    the config's own input size)."""
+    cfg = load_config(path, cfg_options)
+    if shape is None:
+        shape = default_input_shape(cfg)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 1:
+        shape = shape * 2
+    model = build_model(cfg)
+    in_channels = 3
+    result = analyze_model(model, (in_channels, ) + shape[-2:], name=_stem(path))
+    result.task = cfg.get('default_scope') or ''
+    result.config = path
+    return result
+
+
+def _stem(path: str) -> str:
+    return osp.splitext(osp.basename(path))[0]
+
+
+def find_baseline(config: str, candidates: Iterable[str]) -> Optional[str]:
+    """The config among ``candidates`` whose name is ``config``'s with one ``-<part>`` removed
+    inside a single ``_``-separated field (``...hrnet-w48-psa-p_udp...`` ->
+    ``...hrnet-w48_udp...``); the longest such name, or None."""
+    name = _stem(config)
+    best = None
+    for cand in candidates:
+        other = _stem(cand)
+        if len(other) >= len(name):
+            continue
+        i = 0
+        while i < len(other) and other[i] == name[i]:
+            i += 1
+        removed = name[i:len(name) - (len(other) - i)]
+        if not name.endswith(other[i:]) or not removed.startswith('-') or '_' in removed:
+            continue
+        if best is None or len(other) > len(_stem(best)):
+            best = cand
+    return best
+
+
+# ------------------------------------------------------------------------------------------
+# reports
+# ------------------------------------------------------------------------------------------
+def _pct(delta: float, base: float) -> str:
+    return f'{100.0 * delta / base:+.1f}%' if base else 'n/a'
+
+
+CONVENTIONS_TEXT = (
+    'FLOPs: mmengine.analysis.FlopAnalyzer, one fused multiply-add = one flop (conv, linear, '
+    'matmul count MACs;\nnorm/upsample/pool per element; softmax, sigmoid, elementwise mul/add '
+    'not counted); G = 1e9.\n'
+    '  executed  = the ops the forward runs (what mmseg/mmpose get_flops print)\n'
+    '  released  = attention modules counted as their released code computes them (analytic)\n'
+    '  paper     = HRNet code-base convention of the HRNet/PSA papers: conv+linear MACs only, '
+    'attention as released, G = 2**30')
+
+
+def format_report(result: Complexity, baseline: Optional[Complexity] = None) -> str:
+    """Plain-text report of one model (and its overhead over ``baseline``)."""
+    n, c, h, w = result.input_shape
+    lines = [f'config: {result.config or result.name}',
+             f'task: {result.task or "-"}    input: {n}x{c}x{h}x{w}', CONVENTIONS_TEXT, '']
+    header = f'{"":26s}{"params (M)":>12s}{"GFLOPs executed":>17s}' \
+             f'{"GFLOPs released":>17s}{"GFLOPs paper":>14s}'
+    lines.append(header)
+    lines.append(f'{"model":26s}{result.mparams:12.3f}{result.gflops:17.3f}'
+                 f'{result.gflops_released:17.3f}{result.gflops_paper:14.2f}')
+    classes = ', '.join(f'{k} x{v}' for k, v in result.attn_classes.items())
+    if result.attn_modules:
+        label = f'attention ({result.attn_modules})'
+        lines.append(f'{label:26s}{result.attn_params / 1e6:12.3f}'
+                     f'{result.attn_flops / GIGA:17.3f}'
+                     f'{result.attn_flops_released / GIGA:17.3f}'
+                     f'{result.attn_macs_paper / PAPER_GIGA:14.2f}')
+        lines.append(f'  attention modules: {classes}'
+                     + ('' if result.analytic else ' (no analytic count: released = executed)'))
+    else:
+        lines.append('  no mmattn attention module in this model')
+    if baseline is not None:
+        lines.append(f'{"baseline":26s}{baseline.mparams:12.3f}{baseline.gflops:17.3f}'
+                     f'{baseline.gflops_released:17.3f}{baseline.gflops_paper:14.2f}')
+        dp = result.params - baseline.params
+        df = result.flops - baseline.flops
+        dr = result.flops_released - baseline.flops_released
+        dpa = result.macs_paper - baseline.macs_paper
+        lines.append(f'{"overhead":26s}{dp / 1e6:+12.3f}{df / GIGA:+17.3f}{dr / GIGA:+17.3f}'
+                     f'{dpa / PAPER_GIGA:+14.2f}')
+        lines.append(f'{"overhead %":26s}{_pct(dp, baseline.params):>12s}'
+                     f'{_pct(df, baseline.flops):>17s}{_pct(dr, baseline.flops_released):>17s}'
+                     f'{_pct(dpa, baseline.macs_paper):>14s}')
+        lines.append(f'  baseline: {baseline.config or baseline.name}')
+    if result.uncounted_ops:
+        ops = ', '.join(f'{k} x{v}' for k, v in sorted(result.uncounted_ops.items()))
+        lines.append(f'  not counted by FlopAnalyzer (beyond elementwise ops): {ops}')
+    return '\n'.join(lines)
+
+
+TABLE_HEADER = ('| Config | Input | Attention | Params (M) | GFLOPs executed | '
+                'GFLOPs released | GFLOPs paper |\n'
+                '|---|---|---|---|---|---|---|')
+
+
+def _cell(value: float, base: Optional[float], digits: int) -> str:
+    if base is None:
+        return f'{value:.{digits}f}'
+    return f'{value:.{digits}f} ({value - base:+.{digits}f}, {_pct(value - base, base)})'
+
+
+def markdown_row(result: Complexity, baseline: Optional[Complexity] = None) -> str:
+    _, _, h, w = result.input_shape
+    attn = ', '.join(f'{k} x{v}' for k, v in result.attn_classes.items()) or '-'
+    b = baseline
+    return (f'| {result.name} | {h}x{w} | {attn} '
+            f'| {_cell(result.mparams, b.mparams if b else None, 2)} '
+            f'| {_cell(result.gflops, b.gflops if b else None, 2)} '
+            f'| {_cell(result.gflops_released, b.gflops_released if b else None, 2)} '
+            f'| {_cell(result.gflops_paper, b.gflops_paper if b else None, 2)} |')
+
+
+@dataclass
+class Failure:
+    """A config that could not be counted (its row in a table says why)."""
+    name: str
+    error: str
+
+
+def markdown_table(results: Sequence, baselines: Optional[Dict[str, Optional[Complexity]]] = None
+                   ) -> str:
+    """A markdown table, one row per :class:`Complexity` (or :class:`Failure`); ``baselines``
+    maps a result's name to the result its overhead is taken over (cells then read
+    ``value (+delta, +percent)``)."""
+    baselines = baselines or {}
+    rows = [TABLE_HEADER]
+    for result in results:
+        if isinstance(result, Failure):
+            error = ' '.join(result.error.split()).replace('|', '/')
+            rows.append(f'| {result.name} | - | not counted: {error} | - | - | - | - |')
+            continue
+        base = baselines.get(result.name)
+        rows.append(markdown_row(result, base if isinstance(base, Complexity) else None))
+    return '\n'.join(rows)
+
+
+def write_markdown(path: str, text: str, marker: str = 'complexity-table',
+                   heading: str = '## Complexity') -> None:
+    """Put ``text`` between ``<!-- {marker}:start -->`` and ``<!-- {marker}:end -->`` in the
+    markdown file at ``path``; without those markers, append a ``heading`` section holding them
+    (inside ``<!-- complexity:start/end -->``). Everything else in the file is kept."""
+    start, end = f'<!-- {marker}:start -->', f'<!-- {marker}:end -->'
+    block = f'{start}\n{text.rstrip()}\n{end}'
+    content = ''
+    if osp.exists(path):
+        with open(path, encoding='utf-8') as f:
+            content = f.read()
+    pattern = re.compile(re.escape(start) + r'.*?' + re.escape(end), re.S)
+    if pattern.search(content):
+        content = pattern.sub(lambda _: block, content, count=1)
+    else:
+        section = f'<!-- complexity:start -->\n{heading}\n\n{block}\n<!-- complexity:end -->\n'
+        content = (content.rstrip() + '\n\n' if content.strip() else '') + section
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(content)

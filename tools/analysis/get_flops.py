@@ -1,0 +1,144 @@
+"""Parameters and FLOPs of a config's model, and what its attention modules add.
+
+    python tools/analysis/get_flops.py CONFIG [--shape H [W]] [--cfg-options k=v ...]
+                                       [--baseline BASELINE_CONFIG]
+    python tools/analysis/get_flops.py --markdown CONFIG [CONFIG ...] [--write README.md]
+    python tools/analysis/get_flops.py --table configs/psa [--write configs/psa/README.md]
+
+The whole model is counted, as mmseg's and mmpose's own get_flops do: ``model.forward`` in
+``tensor`` mode on one random image of the given shape (default: the config's crop size or
+codec input size), with ``mmengine.analysis.FlopAnalyzer`` and ``parameter_count``. Pretrained
+weights (``pretrained``, ``init_cfg=Pretrained``) are switched off: nothing is downloaded.
+
+Units are the papers': M parameters, GFLOPs counted as multiply-adds (FlopAnalyzer counts one
+fused multiply-add as one flop). Three FLOP figures (see ``mmattn/analysis/complexity.py``):
+``executed`` (what the forward runs, = mmseg/mmpose get_flops), ``released`` (attention modules
+counted as the authors' released code computes them) and ``paper`` (the HRNet code-base
+convention the HRNet and PSA papers report: conv + linear multiply-adds / 2**30).
+
+``--markdown``/``--table`` print one markdown row per config, with the overhead over its
+baseline: the config of the same folder whose name lacks one ``-<part>`` (``-psa-p``,
+``-psa-s``, ``-<plugin>``). ``--write FILE`` puts the table between ``<!-- complexity-table:start
+-->`` and ``<!-- complexity-table:end -->`` in FILE (adding a ``## Complexity`` section inside
+``<!-- complexity:start/end -->`` when the markers are missing).
+"""
+import argparse
+import glob
+import os.path as osp
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if ROOT not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, ROOT)
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(
+        description='Params and FLOPs of a config\'s model and of its attention modules',
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument('config', nargs='*', help='config file(s)')
+    parser.add_argument('--shape', type=int, nargs='+', metavar='N',
+                        help='input H [W] (default: the config\'s crop / input size)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                        help='override config settings, xxx=yyy format, e.g. '
+                        'model.backbone.plugins.0.preset=paper')
+    parser.add_argument('--baseline', help='config to report the overhead over (single config)')
+    parser.add_argument('--markdown', action='store_true',
+                        help='print a markdown table of the given configs (overhead over the '
+                        'baseline found by name)')
+    parser.add_argument('--table', metavar='DIR',
+                        help='markdown table of every config (*.py) in DIR')
+    parser.add_argument('--write', metavar='FILE',
+                        help='with --markdown/--table: write the table into FILE between the '
+                        'complexity-table markers')
+    args = parser.parse_args(argv)
+    if args.shape is not None and len(args.shape) not in (1, 2):
+        parser.error('--shape takes H or H W')
+    if args.table:
+        if not osp.isdir(args.table):
+            parser.error(f'--table {args.table}: not a directory')
+        args.config = sorted(glob.glob(osp.join(args.table, '*.py'))) + list(args.config)
+        args.markdown = True
+        if not args.config:
+            parser.error(f'--table {args.table}: no config (*.py) there')
+    if not args.config:
+        parser.error('give a CONFIG (or --table DIR)')
+    if args.write and not args.markdown:
+        parser.error('--write needs --markdown or --table')
+    if not args.markdown and len(args.config) > 1:
+        parser.error('several configs: use --markdown (or --table DIR)')
+    if args.baseline and args.markdown:
+        parser.error('--baseline is for the single-config report; --markdown finds baselines '
+                     'by name')
+    for path in args.config + ([args.baseline] if args.baseline else []):
+        if not osp.isfile(path):
+            parser.error(f'config {path} does not exist')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmattn.analysis import (Failure, analyze_config, find_baseline, format_report,
+                                 markdown_table, write_markdown)
+
+    cache = {}
+
+    def count(path):
+        key = osp.abspath(path)
+        if isinstance(cache.get(key), Failure):
+            raise RuntimeError(cache[key].error)
+        if key not in cache:
+            start = time.time()
+            cache[key] = analyze_config(path, args.shape, args.cfg_options)
+            print(f'counted {osp.basename(path)} in {time.time() - start:.1f} s',
+                  file=sys.stderr, flush=True)
+        return cache[key]
+
+    if not args.markdown:
+        result = count(args.config[0])
+        baseline = count(args.baseline) if args.baseline else None
+        print(format_report(result, baseline))
+        return 0
+
+    def count_or_failure(path):
+        try:
+            return count(path)
+        except Exception as exc:  # a broken config gets an error row, the table goes on
+            print(f'cannot count {path}: {type(exc).__name__}: {exc}', file=sys.stderr)
+            failure = Failure(osp.splitext(osp.basename(path))[0],
+                              f'{type(exc).__name__}: {exc}')
+            cache[osp.abspath(path)] = failure
+            return failure
+
+    results, baselines = [], {}
+    for path in args.config:
+        result = count_or_failure(path)
+        results.append(result)
+        if isinstance(result, Failure):
+            continue
+        candidates = [c for c in args.config if c != path]
+        folder = [c for c in glob.glob(osp.join(osp.dirname(path) or '.', '*.py'))
+                  if osp.abspath(c) != osp.abspath(path)]
+        base = find_baseline(path, candidates) or find_baseline(path, folder)
+        baselines[result.name] = count_or_failure(base) if base else None
+    table = markdown_table(results, baselines)
+    shape = 'the config\'s own input size' if args.shape is None else \
+        'x'.join(str(s) for s in (args.shape * 2)[:2])
+    options = f'; `--cfg-options {" ".join(f"{k}={v}" for k, v in args.cfg_options.items())}`' \
+        if args.cfg_options else ''
+    note = (f'Generated by `python tools/analysis/get_flops.py '
+            f'{"--table " + args.table if args.table else "--markdown ..."}` (input: {shape}'
+            f'{options}). Parameters in M; GFLOPs = multiply-adds / 1e9 (executed, released) '
+            f'or / 2^30 (paper); `(+delta, +%)` is the overhead over the baseline config.')
+    text = f'{note}\n\n{table}'
+    print(text)
+    if args.write:
+        write_markdown(args.write, text)
+        print(f'written to {args.write}', file=sys.stderr)
+    return 1 if any(isinstance(r, Failure) for r in results) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
