@@ -145,6 +145,68 @@ ANALYTIC_COUNTS: Dict[str, Callable[[nn.Module, Sequence[int]], Counter]] = {
 }
 
 
+def _non_local_count(module: nn.Module, shape: Sequence[int]) -> Counter:
+    """Embedded Gaussian non-local as released: theta/phi/g 1x1 convs C -> C', the explicit
+    (P x P') affinity and aggregation, W_z C' -> C and its norm (P' = P/4 with the max-pool)."""
+    n, c, h, w = shape
+    p = h * w
+    inter = module.inter_channels
+    p_key = (h // 2) * (w // 2) if module.sub_sample else p
+    counts = Counter(conv=n * (3 * c * inter * p + inter * c * p), matmul=n * 2 * p * p_key * inter)
+    if module.conv_out.with_norm:
+        counts['batch_norm'] = n * c * p
+    return counts
+
+
+def _position_attention_count(module: nn.Module, shape: Sequence[int]) -> Counter:
+    """DANet PAM as released: B, D (C -> C/8) and V (C -> C) 1x1 convs, the explicit (P x P)
+    energy B^T D and the aggregation V S^T."""
+    n, c, h, w = shape
+    p, ck = h * w, module.key_channels
+    return Counter(conv=n * (2 * c * ck + c * c) * p, bmm=n * (p * p * ck + p * p * c))
+
+
+def _dual_attention_count(module: nn.Module, shape: Sequence[int]) -> Counter:
+    n, c, h, w = shape
+    counts = _position_attention_count(module.pam, shape)
+    counts['bmm'] += n * 2 * c * c * h * w  # CAM: energy X X^T and aggregation A X
+    return counts
+
+
+def _acmix_count(module: nn.Module, shape: Sequence[int]) -> Counter:
+    """ACmix as released (stride 1): q/k/v 1x1 convs, the positional-encoding conv, the window
+    logits and aggregation (k_att^2 multiply-adds per channel and position each; elementwise
+    products FlopAnalyzer would not see), the fc over the 3*heads stacked projections and the
+    grouped shift conv."""
+    n, c_in, h, w = shape
+    p, c, k2 = h * w, module.out_channels, module.kernel_att**2
+    head, hd, kc2 = module.head, module.head_dim, module.kernel_conv**2
+    return Counter(conv=n * (3 * c_in * c * p + 3 * head * kc2 * hd * p + c * kc2 * kc2 * p) +
+                   2 * hd * p,
+                   mul=n * 2 * k2 * c * p)
+
+
+def _deform_conv_count(module: nn.Module, shape: Sequence[int]) -> Counter:
+    """DCNv2: the offset/mask conv plus the deformable conv's multiply-adds (the bilinear
+    sampling, 4 reads per sample, is not counted, like interpolation elsewhere)."""
+    n, c, h, w = shape
+    kh, kw = module.kernel_size
+    ho = (h + 2 * module.padding[0] - module.dilation[0] * (kh - 1) - 1) // module.stride[0] + 1
+    wo = (w + 2 * module.padding[1] - module.dilation[1] * (kw - 1) - 1) // module.stride[1] + 1
+    per_out = kh * kw * c // module.groups
+    offset_out = module.conv_offset.out_channels
+    return Counter(conv=n * ho * wo * (module.out_channels * per_out + offset_out * kh * kw * c))
+
+
+ANALYTIC_COUNTS.update({
+    'FusedNonLocal2d': _non_local_count,
+    'DANetPositionAttention': _position_attention_count,
+    'DANetDualAttention': _dual_attention_count,
+    'ACmix': _acmix_count,
+    'DeformableConvV2': _deform_conv_count,
+})
+
+
 def register_analytic_count(class_name: str, fn: Callable[[nn.Module, Sequence[int]], Counter]):
     """Count modules of ``class_name`` analytically in the ``released``/``paper`` figures."""
     ANALYTIC_COUNTS[class_name] = fn
@@ -211,6 +273,38 @@ def attention_modules(model: nn.Module,
     return found
 
 
+def _sdpa_flop_jit(inputs, outputs) -> int:
+    """``scaled_dot_product_attention``: the (Lq x Lk) logits and the aggregation,
+    ``batch * Lq * Lk * (d_qk + d_v)`` multiply-adds, as the explicit form would count them."""
+    from mmengine.analysis.jit_handles import get_shape
+    q, k, v = (get_shape(value) for value in inputs[:3])
+    batch = 1
+    for size in q[:-2]:
+        batch *= size
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def _modulated_deform_conv_flop_jit(inputs, outputs) -> int:
+    """mmcv's ``ModulatedDeformConv2dFunction`` (inputs: x, offset, mask, weight, ...): one
+    multiply-add per output element and weight tap, like a convolution."""
+    from mmengine.analysis.jit_handles import get_shape
+    weight, out = get_shape(inputs[3]), get_shape(outputs[0])
+    taps = 1
+    for size in weight[1:]:
+        taps *= size
+    total = taps
+    for size in out:
+        total *= size
+    return total
+
+
+# operators FlopAnalyzer has no handle for, that mmattn's modules run
+_EXTRA_HANDLES = {
+    'aten::scaled_dot_product_attention': _sdpa_flop_jit,
+    'prim::PythonOp.ModulatedDeformConv2dFunction': _modulated_deform_conv_flop_jit,
+}
+
+
 def _tensor_mode(model: nn.Module) -> Callable:
     """A forward taking the image tensor only: OpenMMLab models in ``mode='tensor'`` (what
     mmseg's and mmpose's get_flops trace), any other module as it is."""
@@ -255,6 +349,7 @@ def analyze_model(model: nn.Module, input_shape: Sequence[int], name: str = '',
     model.eval()
     try:
         analyzer = FlopAnalyzer(model, (inputs, ))
+        analyzer.set_op_handle(**_EXTRA_HANDLES)
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
         analyzer.tracer_warnings('none')

@@ -291,3 +291,20 @@ def test_markdown_table_format():
     lines = table.splitlines()
     assert lines[0].startswith('| Config | Input |') and len(lines) == 4
     assert lines[2].startswith('| net-psa-p | 8x8 | PolarizedSelfAttention x1 | 0.00 (+0.00')
+
+
+def test_zoo_table_counts_every_module(tmp_path):
+    """--zoo lists every short name; the fused modules' released counts are the explicit
+    formulations' closed forms (PAM at C=64 on 16x16: convs (2*C*C/8 + C*C)*P, products
+    P*P*(C/8 + C): 6.0 MFLOPs)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('get_flops', ROOT / 'tools/analysis/get_flops.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    text = tool.zoo_table(64, [16, 16])
+    rows = {line.split('|')[1].strip(' `'): line for line in text.splitlines()
+            if line.startswith('| `')}
+    assert sorted(rows) == sorted(mmattn.list_attention())
+    c, p = 64, 256
+    pam = (2 * c * (c // 8) + c * c) * p + p * p * (c // 8 + c)
+    assert rows['danet_pam'].rstrip(' |').endswith(f'| {pam / 1e6:,.1f}')
