@@ -11,5 +11,6 @@ compat.apply()
 
 from .models import build_attention, list_attention  # noqa: E402,F401
 from .models.layers import attention_cfg  # noqa: E402,F401
+from . import engine  # noqa: E402,F401  (hooks: random states in checkpoints)
 
 __all__ = ['build_attention', 'list_attention', 'attention_cfg', '__version__']

@@ -33,11 +33,11 @@ run_one() {  # name config dataset num_train num_val metric threshold extra-cfg-
   local ckpt
   ckpt="$(cat "$work/last_checkpoint")"
   echo "== [$name] evaluating $ckpt with tools/test.py"
-  "$PY" tools/test.py "$cfg" "$ckpt" --work-dir "$work/test" "$@" | tee "$work/test_metrics.txt"
-  "$PY" - "$work/test_metrics.txt" "$metric" "$threshold" "$name" "$((SECONDS - start))" <<'PY'
-import ast, sys
+  "$PY" tools/test.py "$cfg" "$ckpt" --work-dir "$work/test" "$@"
+  "$PY" - "$work/test/metrics.json" "$metric" "$threshold" "$name" "$((SECONDS - start))" <<'PY'
+import json, sys
 path, metric, threshold, name, seconds = sys.argv[1:]
-metrics = ast.literal_eval(open(path).read().strip().splitlines()[-1])
+metrics = json.load(open(path))
 value = float(metrics[metric])
 ok = value >= float(threshold)
 print(f'== [{name}] {metric} = {value:.4g} (must be >= {threshold}): '

@@ -7,8 +7,11 @@ The same flags as mmseg's and mmpose's tools/test.py; the task is read from the 
 ``default_scope``. Prints the metrics (mIoU for segmentation, COCO AP for pose).
 """
 import argparse
+import json
 import os.path as osp
+import sys
 
+import numpy as np
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
@@ -81,10 +84,26 @@ def main():
     local_rank_env(args.local_rank)
     import mmattn  # noqa: F401  (registers modules, applies compatibility fixes)
     cfg = build_cfg(args)
-    runner = Runner.from_cfg(cfg)
-    metrics = runner.test()
-    print({k: round(float(v), 4) if isinstance(v, (int, float)) else v
-           for k, v in metrics.items()})
+    # --- reliability (issue 7): a damaged checkpoint or dataset fails here, with one message ---
+    from mmattn.datasets import DatasetError, validate_dataset
+    from mmattn.utils import task_of
+    from mmattn.utils.checkpoint import CheckpointError, check_checkpoint_file
+    try:
+        check_checkpoint_file(cfg.load_from)
+        if cfg.get('test_dataloader'):
+            validate_dataset(cfg.test_dataloader.get('dataset'), task_of(cfg))
+        runner = Runner.from_cfg(cfg)
+        metrics = runner.test()
+    except (CheckpointError, DatasetError) as error:
+        sys.exit(f'{type(error).__name__}: {error}')
+    metrics = {k: round(float(v), 4) if isinstance(v, (int, float, np.number)) else v
+               for k, v in metrics.items()}
+    if runner.rank == 0:
+        path = osp.join(cfg.work_dir, 'metrics.json')
+        with open(path, 'w') as f:
+            json.dump(metrics, f, indent=1)
+        print(json.dumps(metrics))
+        print(f'metrics written to {path}')
 
 
 if __name__ == '__main__':

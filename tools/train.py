@@ -8,6 +8,7 @@ The same flags as mmseg's and mmpose's tools/train.py; the task is read from the
 """
 import argparse
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
@@ -32,6 +33,8 @@ def parse_args():
         'train_cfg.max_iters=100 model.backbone.plugins.0.cfg.mode=sequential')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
+    parser.add_argument('--no-data-check', action='store_true',
+                        help='skip the dataset check (files, labels) before training')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     return parser.parse_args()
 
@@ -72,8 +75,22 @@ def main():
     local_rank_env(args.local_rank)
     import mmattn  # noqa: F401  (registers modules, applies compatibility fixes)
     cfg = build_cfg(args)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
+    # --- reliability (issue 7): data and checkpoint mistakes fail here, with one message ---
+    from mmattn.datasets import DatasetError, validate_dataset
+    from mmattn.utils import task_of
+    from mmattn.utils.checkpoint import CheckpointError, check_checkpoint_file
+    try:
+        if cfg.get('load_from'):
+            check_checkpoint_file(cfg.load_from)
+        if not args.no_data_check:
+            for key in ('train_dataloader', 'val_dataloader'):
+                if cfg.get(key):
+                    validate_dataset(cfg[key].get('dataset'), task_of(cfg))
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+    except (CheckpointError, DatasetError) as error:
+        sys.exit(f'{type(error).__name__}: {error}')
+    # --- end reliability ---
 
 
 if __name__ == '__main__':

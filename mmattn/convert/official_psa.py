@@ -119,6 +119,12 @@ def load_released_state_dict(path: str) -> 'OrderedDict[str, torch.Tensor]':
     """
     if not osp.isfile(path):
         raise ConversionError(f'{path}: no such file')
+    # truncated / corrupt files: one message naming the file (mmattn.utils.checkpoint, issue 7)
+    from mmattn.utils.checkpoint import CheckpointError, check_checkpoint_file
+    try:
+        check_checkpoint_file(path)
+    except CheckpointError as error:
+        raise ConversionError(str(error)) from None
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as safe_error:

@@ -48,4 +48,4 @@ def test_two_process_train_and_test_on_cpu(tmp_path):
          str(tmp_path / 'test')] + options,
         capture_output=True, text=True, env=env, timeout=900)
     assert test.returncode == 0, (test.stdout + test.stderr)[-4000:]
-    assert "'mIoU':" in test.stdout
+    assert '"mIoU":' in test.stdout and (tmp_path / 'test' / 'metrics.json').is_file()

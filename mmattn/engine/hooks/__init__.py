@@ -1,0 +1,3 @@
+from .random_state import ResumableRandomStateHook  # noqa: F401
+
+__all__ = ['ResumableRandomStateHook']
