@@ -66,8 +66,10 @@ def _check_paths(cfg) -> None:
             raise DatasetError(f"{name}: data_prefix {key}='{value}' -> {full} does not exist "
                                f'(data_root={root!r})')
     bbox_file = cfg.get('bbox_file')
-    if bbox_file and '://' not in bbox_file and not osp.isfile(_join(root, bbox_file)):
-        raise DatasetError(f'{name}: bbox_file {bbox_file} does not exist')
+    # mmpose opens bbox_file as given (unlike ann_file, it is not joined with data_root)
+    if bbox_file and '://' not in bbox_file and not osp.isfile(bbox_file):
+        raise DatasetError(f'{name}: bbox_file {bbox_file} does not exist (it is read as given, '
+                           f'not relative to data_root={root!r})')
 
 
 def _coco_keypoint_problem(ann_path: str, num_keypoints: Optional[int]) -> Optional[str]:

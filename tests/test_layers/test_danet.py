@@ -2,12 +2,13 @@
 init, PAM never allocates the (HW x HW) matrix, CAM robust in half precision, argument checks."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmattn.models.layers import (DANetChannelAttention, DANetDualAttention,
                                   DANetPositionAttention, build_attention)
+from mmattn.testing.plain import plain_danet_cam_term as reference_cam_term
+from mmattn.testing.plain import plain_danet_pam_term as reference_pam_term
 
 
 class NoLargeTensors(TorchDispatchMode):
@@ -40,22 +41,8 @@ def randomise(m, seed=0):
     return m.eval()
 
 
-def reference_pam_term(m, x):
-    """Released PAM written out: S = softmax(B^T D) formed explicitly (HW x HW); V S^T."""
-    n, c, h, w = x.shape
-    b = F.conv2d(x, m.query_conv.weight, m.query_conv.bias).flatten(2)  # (N, C/8, HW)
-    d = F.conv2d(x, m.key_conv.weight, m.key_conv.bias).flatten(2)
-    v = F.conv2d(x, m.value_conv.weight, m.value_conv.bias).flatten(2)  # (N, C, HW)
-    s = torch.softmax(torch.einsum('nki,nkj->nij', b, d), dim=-1)  # (N, HW, HW)
-    return torch.einsum('ncj,nij->nci', v, s).reshape(n, c, h, w)
 
 
-def reference_cam_term(x):
-    """Released CAM written out: A = softmax(max(E) - E) with E = X X^T; A X."""
-    feat = x.flatten(2)
-    energy = torch.einsum('nci,ndi->ncd', feat, feat)
-    energy = energy.max(dim=-1, keepdim=True)[0].expand_as(energy) - energy
-    return torch.einsum('ncd,ndi->nci', torch.softmax(energy, dim=-1), feat).reshape(x.shape)
 
 
 def test_defaults_and_names():

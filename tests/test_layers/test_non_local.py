@@ -1,16 +1,15 @@
 """FusedNonLocal2d (SPEC 2.5): equal to the explicit (HW x HW) formulation and to mmcv's
 NonLocal2d, identity at init, never allocates the affinity matrix, argument checks."""
-import math
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import NonLocal2d
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmattn.models.layers import FusedNonLocal2d, build_attention
+from mmattn.testing.plain import plain_non_local as reference_non_local
 
 MODES = ['embedded_gaussian', 'gaussian', 'dot_product']
 
@@ -47,39 +46,6 @@ def randomise(m, seed=0):
     return m.eval()
 
 
-def reference_non_local(m, x):
-    """The non-local block written out, forming the (HW x N_k) affinity matrix explicitly."""
-
-    def conv(cm, t):  # a ConvModule without norm and activation
-        return F.conv2d(t, cm.conv.weight, cm.conv.bias)
-
-    def branch(mod, t):  # g / phi, max-pooled 2x2 when sub_sample wrapped them
-        if isinstance(mod, nn.Sequential):
-            return F.max_pool2d(conv(mod[0], t), 2)
-        return conv(mod, t)
-
-    n, _, h, w = x.shape
-    g = branch(m.g, x).flatten(2)  # (N, d, Nk)
-    if m.mode == 'gaussian':
-        theta = x.flatten(2)
-        phi = (F.max_pool2d(x, 2) if m.sub_sample else x).flatten(2)
-    else:
-        theta = conv(m.theta, x).flatten(2)
-        phi = branch(m.phi, x).flatten(2)
-    f = torch.einsum('ndi,ndj->nij', theta, phi)  # (N, HW, Nk)
-    if m.mode == 'dot_product':
-        attn = f / f.shape[-1]
-    else:
-        if m.mode == 'embedded_gaussian' and m.use_scale:
-            f = f / math.sqrt(theta.shape[1])
-        attn = torch.softmax(f, dim=-1)
-    y = torch.einsum('nij,ndj->ndi', attn, g).reshape(n, -1, h, w)
-    wz = F.conv2d(y, m.conv_out.conv.weight, m.conv_out.conv.bias)
-    if m.conv_out.with_norm:
-        bn = m.conv_out.norm
-        wz = F.batch_norm(wz, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.,
-                          bn.eps)
-    return x + wz
 
 
 def test_paper_defaults():

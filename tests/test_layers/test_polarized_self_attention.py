@@ -9,10 +9,10 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmattn.models.layers import PolarizedSelfAttention, build_attention
+from mmattn.testing.plain import plain_psa
 from mmattn.registry import MODELS
 
 VARIANTS = [(m, f) for m in ('parallel', 'sequential') for f in ('released', 'paper')]
@@ -20,43 +20,6 @@ TOL = dict(rtol=1e-10, atol=1e-10)
 
 
 # ----------------------------------------------------------------------------- plain reference
-def plain_psa(x, sd, mode, formulation):
-    """PSA written like the released PSA_p/PSA_s (formulation='released') or like the paper's
-    equations (formulation='paper'), from a state dict ``sd`` with the released key names."""
-
-    def channel(x):
-        n, c, h, w = x.shape
-        v = F.conv2d(x, sd['conv_v_right.weight']).view(n, c // 2, h * w)
-        q = F.conv2d(x, sd['conv_q_right.weight']).view(n, 1, h * w)
-        q = torch.softmax(q, dim=2)
-        ctx = torch.matmul(v, q.transpose(1, 2)).unsqueeze(-1)  # (N, C/2, 1, 1)
-        if 'conv_up.0.weight' in sd:  # released PSA_s bottleneck
-            z = F.conv2d(ctx, sd['conv_up.0.weight'], sd['conv_up.0.bias'])
-            z = F.layer_norm(z, [c // 2 // 4, 1, 1], sd['conv_up.1.weight'], sd['conv_up.1.bias'])
-            z = F.conv2d(F.relu(z), sd['conv_up.3.weight'], sd['conv_up.3.bias'])
-        else:
-            z = F.conv2d(ctx, sd['conv_up.weight'])
-            if formulation == 'paper':
-                z = F.layer_norm(z, [c, 1, 1], sd['norm_up.weight'], sd['norm_up.bias'])
-        return x * torch.sigmoid(z)
-
-    def spatial(x):
-        n, c, h, w = x.shape
-        g = F.adaptive_avg_pool2d(F.conv2d(x, sd['conv_q_left.weight']), 1)
-        g = g.view(n, c // 2, 1).permute(0, 2, 1)  # (N, 1, C/2)
-        if formulation == 'paper':
-            g = torch.softmax(g, dim=2)
-        theta = F.conv2d(x, sd['conv_v_left.weight']).view(n, c // 2, h * w)
-        if formulation == 'released' and mode == 'sequential':
-            theta = torch.softmax(theta, dim=2)
-        s = torch.matmul(g, theta)  # (N, 1, HW)
-        if formulation == 'released' and mode == 'parallel':
-            s = torch.softmax(s, dim=2)
-        return x * torch.sigmoid(s.view(n, 1, h, w))
-
-    if mode == 'parallel':
-        return channel(x) + spatial(x)
-    return spatial(channel(x))
 
 
 def released_state_dict(c, mode, seed=0, scale=0.5):
