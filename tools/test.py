@@ -9,7 +9,6 @@ The same flags as mmseg's and mmpose's tools/test.py; the task is read from the 
 import argparse
 import json
 import os.path as osp
-import sys
 
 import numpy as np
 from mmengine.config import Config, DictAction
@@ -80,22 +79,14 @@ def build_cfg(args) -> Config:
 
 def main():
     args = parse_args()
-    from mmattn.utils import local_rank_env
+    from mmattn.utils import exit_on_user_error, local_rank_env, preflight
     local_rank_env(args.local_rank)
     import mmattn  # noqa: F401  (registers modules, applies compatibility fixes)
     cfg = build_cfg(args)
-    # --- reliability (issue 7): a damaged checkpoint or dataset fails here, with one message ---
-    from mmattn.datasets import DatasetError, validate_dataset
-    from mmattn.utils import task_of
-    from mmattn.utils.checkpoint import CheckpointError, check_checkpoint_file
-    try:
-        check_checkpoint_file(cfg.load_from)
-        if cfg.get('test_dataloader'):
-            validate_dataset(cfg.test_dataloader.get('dataset'), task_of(cfg))
+    with exit_on_user_error():  # a damaged checkpoint or dataset: one message
+        preflight(cfg, ('test_dataloader', ))
         runner = Runner.from_cfg(cfg)
         metrics = runner.test()
-    except (CheckpointError, DatasetError) as error:
-        sys.exit(f'{type(error).__name__}: {error}')
     metrics = {k: round(float(v), 4) if isinstance(v, (int, float, np.number)) else v
                for k, v in metrics.items()}
     if runner.rank == 0:

@@ -8,7 +8,6 @@ The same flags as mmseg's and mmpose's tools/train.py; the task is read from the
 """
 import argparse
 import os.path as osp
-import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
@@ -71,26 +70,14 @@ def build_cfg(args) -> Config:
 
 def main():
     args = parse_args()
-    from mmattn.utils import local_rank_env
+    from mmattn.utils import exit_on_user_error, local_rank_env, preflight
     local_rank_env(args.local_rank)
     import mmattn  # noqa: F401  (registers modules, applies compatibility fixes)
     cfg = build_cfg(args)
-    # --- reliability (issue 7): data and checkpoint mistakes fail here, with one message ---
-    from mmattn.datasets import DatasetError, validate_dataset
-    from mmattn.utils import task_of
-    from mmattn.utils.checkpoint import CheckpointError, check_checkpoint_file
-    try:
-        if cfg.get('load_from'):
-            check_checkpoint_file(cfg.load_from)
-        if not args.no_data_check:
-            for key in ('train_dataloader', 'val_dataloader'):
-                if cfg.get(key):
-                    validate_dataset(cfg[key].get('dataset'), task_of(cfg))
+    with exit_on_user_error():  # broken data or checkpoints: one message, not at iteration N
+        preflight(cfg, ('train_dataloader', 'val_dataloader'), check_data=not args.no_data_check)
         runner = Runner.from_cfg(cfg)
         runner.train()
-    except (CheckpointError, DatasetError) as error:
-        sys.exit(f'{type(error).__name__}: {error}')
-    # --- end reliability ---
 
 
 if __name__ == '__main__':

@@ -207,9 +207,9 @@ def plain_acmix(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     pe = F.conv2d(loc, m.conv_p.weight, m.conv_p.bias)  # (1, hd, h, w)
 
     scaling = float(hd)**-0.5
-    q_att = q.view(n * heads, hd, h, w) * scaling
-    k_att = k.view(n * heads, hd, h, w)
-    v_att = v.view(n * heads, hd, h, w)
+    q_att = q.reshape(n * heads, hd, h, w) * scaling
+    k_att = k.reshape(n * heads, hd, h, w)
+    v_att = v.reshape(n * heads, hd, h, w)
     if s > 1:
         q_att = q_att[:, :, ::s, ::s]
         q_pe = pe[:, :, ::s, ::s]
@@ -227,7 +227,7 @@ def plain_acmix(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out_att = unfold(v_att)
     out_att = (att.unsqueeze(1) * out_att).sum(2).view(n, c, ho, wo)
 
-    f_all = m.fc(torch.cat([t.view(n, heads, hd, h * w) for t in (q, k, v)], 1))
+    f_all = m.fc(torch.cat([t.reshape(n, heads, hd, h * w) for t in (q, k, v)], 1))
     f_conv = f_all.permute(0, 2, 1, 3).reshape(n, -1, h, w)
     out_conv = m.dep_conv(f_conv)
     return m.rate1 * out_att + m.rate2 * out_conv

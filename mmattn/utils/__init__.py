@@ -1,1 +1,2 @@
-from .launch import enable_amp, fix_dataloaders, local_rank_env, setup_distributed, task_of  # noqa: F401
+from .launch import (enable_amp, exit_on_user_error, fix_dataloaders,  # noqa: F401
+                     local_rank_env, preflight, setup_distributed, task_of)

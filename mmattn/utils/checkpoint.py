@@ -93,8 +93,9 @@ def _describe(path: str, reason: str) -> str:
         return f'{path} does not exist'
     if reason.startswith('not a PyTorch checkpoint'):
         return f'{path} is {reason}'
-    return (f'{path} is not a readable checkpoint ({reason}); it was probably cut short by an '
-            f'interrupted write or copy: re-create or re-download it, or use another checkpoint')
+    return (f'{path} is not a readable checkpoint ({reason}); the file is damaged (e.g. cut '
+            f'short by an interrupted write or copy): re-create or re-download it, or use '
+            f'another checkpoint')
 
 
 def check_checkpoint_file(path: str) -> str:
@@ -211,9 +212,9 @@ def _write_atomic(data, path: str) -> None:
 def save_checkpoint_atomic(checkpoint, path: str) -> None:
     """``torch.save(checkpoint, path)``, but the file appears under ``path`` only once it is
     complete and on disk."""
-    with io.BytesIO() as buffer:
-        torch.save(checkpoint, buffer)
-        _write_atomic(buffer.getbuffer(), path)
+    buffer = io.BytesIO()  # not closed explicitly: a failed write's traceback may still hold
+    torch.save(checkpoint, buffer)  # views of it, and closing then would mask the error
+    _write_atomic(buffer.getbuffer(), path)
 
 
 def write_text_atomic(text: str, path: str) -> None:
@@ -293,7 +294,8 @@ def find_last_complete_checkpoint(work_dir: str) -> Optional[str]:
         reason = checkpoint_problem(named)
         if reason is None:
             return _newer_complete(named)
-        what = f'{pointer} names {named}, which {"does not exist" if reason == "no such file" else "is " + reason}'
+        state = 'does not exist' if reason == 'no such file' else f'is {reason}'
+        what = f'{pointer} names {named}, which {state}'
     elif osp.exists(pointer):
         what = f'{pointer} is empty'
     else:
@@ -308,6 +310,8 @@ def find_last_complete_checkpoint(work_dir: str) -> Optional[str]:
     if not candidates and kind is not None:
         for directory in dict.fromkeys(osp.abspath(d) for d in directories):
             candidates += _step_checkpoints(directory)
+    candidates = sorted(set(candidates), reverse=True,
+                        key=lambda p: int(_STEP_CKPT.match(osp.basename(p)).group(2)))
     skipped = []
     for candidate in candidates:
         reason = checkpoint_problem(candidate)

@@ -1,6 +1,8 @@
 """What tools/train.py and tools/test.py share: task detection, CPU-only distributed set-up,
-config rewrites a flag asks for."""
+config rewrites a flag asks for, checks before a run."""
+import contextlib
 import os
+import sys
 from typing import Any
 
 import torch
@@ -93,3 +95,31 @@ def fix_dataloaders(cfg: Config) -> None:
 def local_rank_env(local_rank: int) -> None:
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(local_rank)
+
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+    """Turn a broken checkpoint or dataset (``CheckpointError``, ``DatasetError``), whether found
+    by :func:`preflight` or while the Runner resumes/loads, into one line and exit status 1."""
+    from mmattn.datasets import DatasetError
+    from mmattn.utils.checkpoint import CheckpointError
+    try:
+        yield
+    except (CheckpointError, DatasetError) as error:
+        sys.exit(f'{type(error).__name__}: {error}')
+
+
+def preflight(cfg: Config, dataloaders=('train_dataloader', 'val_dataloader'),
+              check_data: bool = True) -> None:
+    """Check, before the Runner is built, that the checkpoint the config loads is readable
+    and that the datasets it names are sound; raises ``CheckpointError``/``DatasetError``
+    naming the file instead of failing at iteration N."""
+    from mmattn.datasets import validate_dataset
+    from mmattn.utils.checkpoint import check_checkpoint_file
+    if cfg.get('load_from'):
+        check_checkpoint_file(cfg.load_from)
+    if check_data:
+        for key in dataloaders:
+            if cfg.get(key):
+                validate_dataset(cfg[key].get('dataset'), task_of(cfg))

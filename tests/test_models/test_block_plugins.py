@@ -244,3 +244,13 @@ def test_pretrained_backbone_keeps_loaded_attention_weights(tmp_path):
     again.init_weights()
     for name in again.attention_plugins:
         assert torch.all(again.get_submodule(name).weight == 3.0)
+
+
+def test_short_names_work_in_plugin_and_neck_configs():
+    model = _tiny_hrnet(plugins=dict(cfg=dict(type='psa_s'), stages=(4, ), branches=(3, )))
+    (path, ) = model.attention_plugins
+    attn = model.get_submodule(path)
+    assert type(attn).__name__ == 'PolarizedSelfAttention' and attn.mode == 'sequential'
+    neck = _build('mmseg', dict(type='AttentionNeck', in_channels=[16, 32],
+                                attention=dict(type='se', ratio=4)))
+    assert type(neck.attentions['1']).__name__ == 'SqueezeExcitation'

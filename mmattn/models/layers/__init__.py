@@ -7,7 +7,7 @@ from .deform_conv import *  # noqa: F401,F403
 from .deformable_attn import *  # noqa: F401,F403
 from .eca import *  # noqa: F401,F403
 from .factory import (attention_cfg, attention_class_names, build_attention,  # noqa: F401
-                      list_attention, resolve_attention)
+                      list_attention, resolve_attention, resolve_attention_cfg)
 from .global_context import *  # noqa: F401,F403
 from .helpers import act_cfg_from_name, build_act, make_divisible  # noqa: F401
 from .non_local import *  # noqa: F401,F403

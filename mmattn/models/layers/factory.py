@@ -57,6 +57,17 @@ def resolve_attention(name: str) -> Tuple[str, dict]:
                    f"{', '.join(attention_class_names())}")
 
 
+def resolve_attention_cfg(cfg: dict) -> dict:
+    """A module config whose ``type`` may be a short name (``dict(type='psa_s')``) or a class
+    name, as the class name with the defaults the short name implies; an unknown name raises
+    the ``KeyError`` with close matches. Non-string types (classes) pass through."""
+    cfg = dict(cfg)
+    if isinstance(cfg.get('type'), str):
+        cls_name, implied = resolve_attention(cfg['type'])
+        cfg = {**implied, **cfg, 'type': cls_name}
+    return cfg
+
+
 def attention_cfg(name: str, in_channels: int, **kwargs) -> dict:
     """The config dict ``build_attention`` would build (useful inside mmengine configs)."""
     cls_name, defaults = resolve_attention(name)

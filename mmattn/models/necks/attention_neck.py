@@ -7,7 +7,7 @@ from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
 
-from ..layers.factory import attention_cfg
+from ..layers.factory import attention_cfg, resolve_attention_cfg
 
 
 @MODELS.register_module()
@@ -45,7 +45,8 @@ class AttentionNeck(BaseModule):
             if isinstance(attention, str):
                 cfg = attention_cfg(attention, self.in_channels[i])
             else:
-                cfg = dict(copy.deepcopy(attention), in_channels=self.in_channels[i])
+                cfg = dict(resolve_attention_cfg(copy.deepcopy(attention)),
+                           in_channels=self.in_channels[i])
             self.attentions[str(i)] = MODELS.build(cfg)
 
     def forward(self, inputs):

@@ -28,6 +28,8 @@ import torch.nn as nn
 
 from mmattn.registry import MODELS
 
+from ..layers.factory import resolve_attention_cfg
+
 # position -> (hook kind, layer it hooks, conv whose channels the module sees)
 _POSITIONS: Dict[str, Dict[str, Tuple[str, str, str, str]]] = {
     'basic': {
@@ -149,6 +151,7 @@ def _resolve_plugin(plugin: dict) -> dict:
         plugin = {**PRESETS[preset], **plugin}
     if 'cfg' not in plugin:
         raise ValueError(f"a plugin needs 'cfg' (the attention module's config), got {plugin}")
+    plugin['cfg'] = resolve_attention_cfg(plugin['cfg'])  # short names; close-match errors
     unknown = set(plugin) - {'cfg', 'position', 'stages', 'block_types', 'branches', 'name'}
     if unknown:
         raise ValueError(f'unknown plugin keys {sorted(unknown)}; allowed: cfg, position, '

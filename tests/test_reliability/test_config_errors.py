@@ -1,0 +1,97 @@
+"""Config mistakes give errors a user can act on, when the model is built from a shipped config:
+an unknown attention name lists close matches and the available names; a plugin position or
+stage that does not exist names what exists; a channel mismatch names both numbers."""
+import copy
+import pathlib
+import re
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+
+import mmattn  # noqa: F401
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SEG_DEMO = ROOT / 'configs/demo/ocrnet_hr18s-psa-p_1xb4-400iter_tinycityscapes-64x128.py'
+POSE_DEMO = ROOT / 'configs/demo/td-hm_hrnet-w16-psa-p_udp-1xb16-60e_tinycoco-128x96.py'
+GC_NECK = ROOT / 'configs/attention_neck/ocrnet_hr18-gc-neck_4xb2-160k_cityscapes-512x1024.py'
+
+
+def _model_cfg(path):
+    cfg = Config.fromfile(str(path))
+    model = copy.deepcopy(cfg.model)
+    model.pop('pretrained', None)
+    return cfg.default_scope, model
+
+
+def _build(scope, model):
+    from mmengine.registry import MODELS
+    with DefaultScope.overwrite_default_scope(scope):
+        return MODELS.build(model)
+
+
+def test_unknown_attention_name_in_a_neck_config_lists_close_matches():
+    scope, model = _model_cfg(GC_NECK)
+    model.neck.attention = 'gcc'
+    with pytest.raises(KeyError) as info:
+        _build(scope, model)
+    message = str(info.value)
+    assert "unknown attention 'gcc'" in message and "did you mean 'gc'" in message
+    assert 'Available short names: psa_p, psa_s' in message
+
+
+@pytest.mark.parametrize('name', ['PolarizedSelfAtention', 'psa_q'])
+def test_unknown_attention_name_in_a_plugin_config_lists_close_matches(name):
+    scope, model = _model_cfg(SEG_DEMO)
+    model.backbone.plugins[0].cfg.type = name
+    with pytest.raises(KeyError, match=r"did you mean .*'(PolarizedSelfAttention|psa_p)'"):
+        _build(scope, model)
+
+
+@pytest.mark.parametrize('config', [SEG_DEMO, POSE_DEMO], ids=['seg', 'pose'])
+def test_plugin_position_missing_in_the_block_names_the_existing_ones(config):
+    scope, model = _model_cfg(config)
+    model.backbone.plugins[0].position = 'after_conv3'  # the released preset: BasicBlocks
+    with pytest.raises(ValueError, match=re.escape(
+            "position 'after_conv3' does not exist in BasicBlock")) as info:
+        _build(scope, model)
+    assert "it has ['after_conv1', 'after_conv2', 'before_add', 'after_first_3x3']" in str(
+        info.value)
+
+
+def test_unknown_plugin_position_lists_the_positions():
+    scope, model = _model_cfg(SEG_DEMO)
+    model.backbone.plugins[0].position = 'after_conv4'
+    with pytest.raises(ValueError, match=r"unknown plugin position 'after_conv4'; available: "
+                       r"\['after_conv1', 'after_conv2', 'after_conv3'"):
+        _build(scope, model)
+
+
+@pytest.mark.parametrize('stages, expected', [
+    ((2, 5), r'plugin stages \[5\] do not exist in HRNet; its residual stages are \(1, 2, 3, 4\)'),
+    ((True, False), r'plugin stages \(True, False\) has 2 flags but HRNet has 4 stages'),
+])
+def test_plugin_stage_that_does_not_exist_names_the_stages(stages, expected):
+    scope, model = _model_cfg(SEG_DEMO)
+    model.backbone.plugins[0].stages = stages
+    with pytest.raises(ValueError, match=expected):
+        _build(scope, model)
+
+
+def test_plugin_channel_mismatch_names_both_numbers():
+    scope, model = _model_cfg(POSE_DEMO)
+    model.backbone.plugins[0].cfg.in_channels = 64
+    with pytest.raises(ValueError, match=r'states in_channels=64 but BasicBlock .* has 16 '
+                       r"channels at 'after_conv1'"):
+        _build(scope, model)
+
+
+def test_neck_channel_mismatch_names_both_numbers():
+    scope, model = _model_cfg(GC_NECK)
+    model.neck.in_channels = [18, 36, 72, 100]  # the backbone's last level has 144
+    segmentor = _build(scope, model).eval()
+    with torch.no_grad(), pytest.raises(ValueError) as info:
+        segmentor.extract_feat(torch.randn(1, 3, 64, 64))
+    message = str(info.value)
+    assert 'GlobalContextBlock' in message and 'in_channels=100' in message and '144' in message

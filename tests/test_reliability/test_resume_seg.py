@@ -1,0 +1,51 @@
+"""Segmentation (demo OCRNet-HR18s + PSA_p, iteration-based): a run of tools/train.py killed with
+SIGKILL - after a checkpoint, or in the middle of writing one - resumes with ``--resume`` and
+ends with exactly the weights of an uninterrupted run (CPU, deterministic mode, seed 0)."""
+import pytest
+from _train_helpers import (SEG_CONFIG, assert_same_weights, complete_checkpoints, exists,
+                            resumed_at, run_and_kill, run_train, seg_options, writing)
+
+from mmattn.datasets import make_tiny_cityscapes
+from mmattn.utils.checkpoint import TEST_WRITE_DELAY_ENV
+
+MAX_ITERS = 4
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp('resume_seg')
+    options = seg_options(make_tiny_cityscapes(root / 'cityscapes', num_train=4, num_val=1),
+                          MAX_ITERS)
+    run_train(SEG_CONFIG, root / 'straight', options, '--no-validate')
+    return root, options
+
+
+@pytest.mark.slow
+def test_killed_after_a_checkpoint_resumes_to_identical_weights(setup):
+    root, options = setup
+    work_dir = root / 'killed'
+    run_and_kill(SEG_CONFIG, work_dir, options, exists('iter_2.pth'), '--no-validate')
+    assert not (work_dir / f'iter_{MAX_ITERS}.pth').exists()
+    assert all(problem is None for problem in complete_checkpoints(work_dir).values())
+    output = run_train(SEG_CONFIG, work_dir, options, '--no-validate', '--resume')
+    assert 2 <= resumed_at(output) < MAX_ITERS
+    assert_same_weights(root / 'straight' / f'iter_{MAX_ITERS}.pth',
+                        work_dir / f'iter_{MAX_ITERS}.pth')
+
+
+@pytest.mark.slow
+def test_killed_while_writing_a_checkpoint_resumes_to_identical_weights(setup):
+    root, options = setup
+    work_dir = root / 'killed_in_write'
+    # the test-only hook pauses each checkpoint write half way; kill during iter_2's write
+    run_and_kill(SEG_CONFIG, work_dir, options, writing('iter_2.pth'), '--no-validate',
+                 env={TEST_WRITE_DELAY_ENV: '5'})
+    # never a partial file under the final name, and the pointer names a complete checkpoint
+    assert not (work_dir / 'iter_2.pth').exists()
+    assert complete_checkpoints(work_dir) == {'iter_1.pth': None}
+    assert (work_dir / 'last_checkpoint').read_text().strip() == str(work_dir / 'iter_1.pth')
+    output = run_train(SEG_CONFIG, work_dir, options, '--no-validate', '--resume')
+    assert resumed_at(output) == 1
+    assert not list(work_dir.glob('.iter_*.tmp-*'))  # the stale temporary file is cleaned up
+    assert_same_weights(root / 'straight' / f'iter_{MAX_ITERS}.pth',
+                        work_dir / f'iter_{MAX_ITERS}.pth')
