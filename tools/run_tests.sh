@@ -6,7 +6,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 bash tools/setup_env.sh || { echo "environment set-up failed" >&2; exit 1; }
 VENV="${MMATTN_VENV:-$ROOT/.venv}"
-"$VENV/bin/python" -m pytest tests -p no:cacheprovider -ra "$@"
+# --timeout: a hung test fails on its own instead of eating the whole CI budget
+"$VENV/bin/python" -m pytest tests -p no:cacheprovider -ra --timeout=1800 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: treating as a failure" >&2

@@ -22,10 +22,11 @@ MMDET_VERSION=3.2.0
 # Pins of the stack; any change here invalidates the stamp and re-runs the install.
 STACK_PINS="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION mmengine==$MMENGINE_VERSION \
 mmcv==$MMCV_VERSION mmsegmentation==$MMSEG_VERSION mmpose==$MMPOSE_VERSION mmdet==$MMDET_VERSION"
-# Runtime dependencies that mmseg/mmpose need but do not declare (or declare unbuildably).
-EXTRA_DEPS="numpy>=2,<3 opencv-python ftfy regex json-tricks munkres matplotlib scipy six tqdm \
-shapely terminaltables pycocotools pillow prettytable rich"
-TEST_DEPS="pytest pytest-timeout hypothesis onnx onnxscript"
+# Runtime dependencies that mmseg/mmpose need but do not declare (or declare unbuildably);
+# numpy < 2.4 because cityscapesscripts (mmseg's CityscapesMetric) still calls np.in1d.
+EXTRA_DEPS="numpy>=2,<2.4 opencv-python ftfy regex json-tricks munkres matplotlib scipy six tqdm \
+shapely terminaltables pycocotools pillow prettytable rich cityscapesscripts"
+TEST_DEPS="pytest pytest-timeout hypothesis"
 
 say() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
