@@ -5,31 +5,13 @@ import pytest
 import torch
 import torch.nn as nn
 from mmcv.cnn import NonLocal2d
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from _guards import NoLargeTensors
 
 from mmattn.models.layers import FusedNonLocal2d, build_attention
 from mmattn.testing.plain import plain_non_local as reference_non_local
 
 MODES = ['embedded_gaussian', 'gaussian', 'dot_product']
-
-
-class NoLargeTensors(TorchDispatchMode):
-    """Raise as soon as any aten op, forward or backward, returns a tensor of at least
-    ``limit`` elements; records the op names it saw."""
-
-    def __init__(self, limit):
-        super().__init__()
-        self.limit = limit
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.ops.append(str(func))
-        for t in pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.numel() >= self.limit:
-                raise AssertionError(f'{func} returned a tensor of shape {tuple(t.shape)}')
-        return out
 
 
 def randomise(m, seed=0):
