@@ -77,7 +77,8 @@ def _tiny_cfg(path, data, work_dir):
         cfg[key].update(batch_size=1 if key != 'train_dataloader' else 2, num_workers=0,
                         persistent_workers=False)
     cfg.default_hooks.logger.interval = 1
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1)
+    # no checkpoint files: W48 configs would write ~300 MB each per run
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=False)
     cfg.work_dir = str(work_dir)
     cfg.randomness = dict(seed=0)
     return cfg
