@@ -12,9 +12,7 @@ for arg in "$@"; do
   case "$arg" in -*) ;; *) [ -e "${arg%%::*}" ] && targets=() ;; esac
 done
 # --timeout: a hung test fails on its own instead of eating the whole CI budget
-# keep temporary dirs only of failed tests: checkpoints of full-size models add up to GBs
-"$VENV/bin/python" -m pytest "${targets[@]}" -p no:cacheprovider -ra --timeout=1800 \
-  -o tmp_path_retention_policy=failed "$@"
+"$VENV/bin/python" -m pytest "${targets[@]}" -p no:cacheprovider -ra --timeout=1800 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: treating as a failure" >&2
