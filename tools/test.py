@@ -79,7 +79,8 @@ def build_cfg(args) -> Config:
 
 def main():
     args = parse_args()
-    from mmattn.utils import exit_on_user_error, local_rank_env, preflight
+    from mmattn.utils import (exit_on_user_error, local_rank_env, preflight,
+                              teardown_distributed)
     local_rank_env(args.local_rank)
     import mmattn  # noqa: F401  (registers modules, applies compatibility fixes)
     cfg = build_cfg(args)
@@ -95,6 +96,7 @@ def main():
             json.dump(metrics, f, indent=1)
         print(json.dumps(metrics))
         print(f'metrics written to {path}')
+    teardown_distributed()
 
 
 if __name__ == '__main__':

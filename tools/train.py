@@ -70,7 +70,8 @@ def build_cfg(args) -> Config:
 
 def main():
     args = parse_args()
-    from mmattn.utils import exit_on_user_error, local_rank_env, preflight
+    from mmattn.utils import (exit_on_user_error, local_rank_env, preflight,
+                              teardown_distributed)
     local_rank_env(args.local_rank)
     import mmattn  # noqa: F401  (registers modules, applies compatibility fixes)
     cfg = build_cfg(args)
@@ -78,6 +79,7 @@ def main():
         preflight(cfg, ('train_dataloader', 'val_dataloader'), check_data=not args.no_data_check)
         runner = Runner.from_cfg(cfg)
         runner.train()
+    teardown_distributed()
 
 
 if __name__ == '__main__':

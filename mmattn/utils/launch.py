@@ -123,3 +123,11 @@ def preflight(cfg: Config, dataloaders=('train_dataloader', 'val_dataloader'),
         for key in dataloaders:
             if cfg.get(key):
                 validate_dataset(cfg[key].get('dataset'), task_of(cfg))
+
+
+def teardown_distributed() -> None:
+    """Destroy the process group at the end of a run: gloo processes that exit with it still
+    alive can abort ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
