@@ -274,7 +274,8 @@ def attention_modules(model: nn.Module,
 
 
 def _sdpa_flop_jit(inputs, outputs) -> int:
-    """``scaled_dot_product_attention``: the (Lq x Lk) logits and the aggregation,
+    """``scaled_dot_product_attention`` and ``ChunkedSoftmaxAttention``: the (Lq x Lk) logits and
+    the aggregation,
     ``batch * Lq * Lk * (d_qk + d_v)`` multiply-adds, as the explicit form would count them."""
     from mmengine.analysis.jit_handles import get_shape
     q, k, v = (get_shape(value) for value in inputs[:3])
@@ -301,6 +302,8 @@ def _modulated_deform_conv_flop_jit(inputs, outputs) -> int:
 # operators FlopAnalyzer has no handle for, that mmattn's modules run
 _EXTRA_HANDLES = {
     'aten::scaled_dot_product_attention': _sdpa_flop_jit,
+    # DANet PAM on CPU (mmattn.models.layers.softmax_attention): same count as the fused kernel
+    'prim::PythonOp.ChunkedSoftmaxAttention': _sdpa_flop_jit,
     'prim::PythonOp.ModulatedDeformConv2dFunction': _modulated_deform_conv_flop_jit,
 }
 

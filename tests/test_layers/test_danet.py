@@ -5,6 +5,7 @@ import torch
 
 from _guards import NoLargeTensors
 
+import mmattn.models.layers.softmax_attention as softmax_attention_module
 from mmattn.models.layers import (DANetChannelAttention, DANetDualAttention,
                                   DANetPositionAttention, build_attention)
 from mmattn.testing.plain import plain_danet_cam_term as reference_cam_term
@@ -89,9 +90,12 @@ def test_init_cfg_replaces_default_init():
 
 
 @pytest.mark.parametrize('cls', [DANetPositionAttention, DANetDualAttention])
-def test_pam_never_allocates_affinity_matrix(cls):
+def test_pam_never_allocates_affinity_matrix(cls, monkeypatch):
     """At 40x40 the (HW x HW) matrix has 2.56M elements; every other tensor of the module
-    (forward and backward, CAM's 16 x 16 included) has <= 16 * 1600."""
+    (forward and backward, CAM's 16 x 16 included) has <= 16 * 1600.
+    The CPU's blockwise path gets a 4096-element block budget (16 query rows per block), so
+    that a 40x40 map is split as a large one is by the default budget."""
+    monkeypatch.setattr(softmax_attention_module, 'BLOCK_ELEMENTS', 4096)
     h = w = 40
     m = randomise(cls(16)).train()
     x = torch.randn(1, 16, h, w, requires_grad=True)

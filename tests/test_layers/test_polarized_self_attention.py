@@ -304,3 +304,27 @@ def test_export_paper_sequential():
     x = torch.randn(2, 16, 5, 7)
     exported = torch.export.export(module, (x, ))
     torch.testing.assert_close(exported.module()(x), module(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('k', [1, 2, 6])
+def test_row_products_and_weighted_pool_equal_bmm_with_gradients(k):
+    """The two contractions with hand-written backward (fast for few rows) give bmm's values
+    and gradients, in float64; K=6 takes the batched-GEMM branch of the backward."""
+    from mmattn.models.layers.polarized_self_attention import row_products, weighted_pool
+    gen = torch.Generator().manual_seed(k)
+    rows = torch.randn(3, k, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    weights = torch.randn(3, k, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    feats = torch.randn(3, 5, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    for fast, plain in ((row_products(rows, feats), rows @ feats),
+                        (weighted_pool(weights, feats), weights @ feats.transpose(1, 2))):
+        torch.testing.assert_close(fast, plain, rtol=0, atol=1e-12)
+        grad = torch.randn_like(plain)
+        inputs = (rows if fast.shape[-1] == 7 else weights, feats)
+        for a, b in zip(torch.autograd.grad(fast, inputs, grad),
+                        torch.autograd.grad(plain, inputs, grad)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = row_products(rows.float(), feats.float())
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert rows.grad.dtype == torch.float64 and torch.isfinite(feats.grad).all()

@@ -296,7 +296,7 @@ def test_markdown_table_format():
 def test_zoo_table_counts_every_module(tmp_path):
     """--zoo lists every short name; the fused modules' released counts are the explicit
     formulations' closed forms (PAM at C=64 on 16x16: convs (2*C*C/8 + C*C)*P, products
-    P*P*(C/8 + C): 6.0 MFLOPs)."""
+    P*P*(C/8 + C): 6.0 MFLOPs); PAM's blockwise CPU path executes exactly that count."""
     import importlib.util
     spec = importlib.util.spec_from_file_location('get_flops', ROOT / 'tools/analysis/get_flops.py')
     tool = importlib.util.module_from_spec(spec)
@@ -307,4 +307,6 @@ def test_zoo_table_counts_every_module(tmp_path):
     assert sorted(rows) == sorted(mmattn.list_attention())
     c, p = 64, 256
     pam = (2 * c * (c // 8) + c * c) * p + p * p * (c // 8 + c)
-    assert rows['danet_pam'].rstrip(' |').endswith(f'| {pam / 1e6:,.1f}')
+    assert rows['danet_pam'].rstrip(' |').endswith(f'| {pam / 1e6:,.1f} | {pam / 1e6:,.1f}')
+    counted = analyze_model(mmattn.build_attention('danet_pam', c), (c, 16, 16))
+    assert counted.flops == counted.flops_released == pam

@@ -105,8 +105,9 @@ def zoo_table(channels: int, shape) -> str:
             f' (one {channels}x{h}x{w} input, batch 1). MFLOPs = multiply-adds / 1e6 as '
             f'mmengine counts them; "executed" is what mmattn\'s forward runs, "released" the '
             f'authors\' formulation on the same input (differs for PSA, whose forward is '
-            f'reassociated, for DANet PAM, whose fused kernel pads C/8 to C, and for ACmix, '
-            f'whose window products are elementwise). SPD-Conv includes its 3x3 conv to 2C '
+            f'reassociated, and for ACmix, whose window products are elementwise; counted on '
+            f'CPU, where DANet PAM runs its blockwise softmax: on CUDA its kernel pads C/8 to '
+            f'a multiple of 8). SPD-Conv includes its 3x3 conv to 2C '
             f'channels; DCNv2 is a 3x3 conv.\n\n' + '\n'.join(rows))
 
 

@@ -5,49 +5,14 @@ from typing import Optional, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import NonLocal2d
 from mmengine.model import BaseModule, constant_init, normal_init
 
 from mmattn.registry import MODELS
 from .helpers import check_choice, check_input, check_int, check_positive, reduced_channels
+from .softmax_attention import softmax_attention
 
 __all__ = ['FusedNonLocal2d']
-
-
-def fused_softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            scale: float) -> torch.Tensor:
-    """``softmax(scale * query key^T, dim=-1) value`` for ``(N, L, d)`` inputs, without forming
-    the ``(Lq x Lk)`` matrix.
-
-    Runs :func:`torch.nn.functional.scaled_dot_product_attention` (one head), which tiles the
-    softmax (flash / memory-efficient kernels). ``query``/``key`` share their last dim ``d``;
-    ``value`` may have another (``dv``). All three are cast to ``value``'s dtype so the kernel
-    sees one dtype under autocast. Where the fused kernels do not apply PyTorch silently falls
-    back to an explicit math path that forms the matrix: PyTorch's CPU flash kernel requires
-    ``d == dv``, CUDA's memory-efficient kernel (which accepts ``dv != d``) aligned head dims.
-    The head dims are therefore zero-padded (on CPU the narrower side to the wider, elsewhere to
-    multiples of 8), which leaves every dot product, and so the result, exactly unchanged.
-    """
-    # (N, 1, L, d), last dim contiguous: the fused kernels need unit stride there and PyTorch
-    # silently falls back to the explicit math path otherwise (a copy for NCHW inputs, a no-op
-    # for channels_last ones)
-    query = query.to(value.dtype).unsqueeze(1).contiguous()
-    key = key.to(value.dtype).unsqueeze(1).contiguous()
-    value = value.unsqueeze(1).contiguous()
-    d, dv = query.shape[-1], value.shape[-1]
-    if query.device.type == 'cpu':
-        pad_qk = pad_v = max(d, dv)  # the CPU flash kernel needs d == dv
-    else:
-        # CUDA's memory-efficient kernel needs head dims aligned to 8 (16-bit) / 4 (float32)
-        pad_qk, pad_v = -(-d // 8) * 8, -(-dv // 8) * 8
-    if pad_qk != d:
-        query = F.pad(query, (0, pad_qk - d))
-        key = F.pad(key, (0, pad_qk - d))
-    if pad_v != dv:
-        value = F.pad(value, (0, pad_v - dv))
-    out = F.scaled_dot_product_attention(query, key, value, scale=scale)
-    return out[..., :dv].squeeze(1)
 
 
 def _conv_of(module: nn.Module) -> nn.Conv2d:
@@ -203,6 +168,6 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
             scale = 1.0
             if self.mode == 'embedded_gaussian' and self.use_scale:
                 scale = query.shape[-1]**-0.5
-            y = fused_softmax_attention(query, key, value, scale)
+            y = softmax_attention(query, key, value, scale)
         y = y.transpose(1, 2).reshape(n, self.inter_channels, h, w)
         return x + self.conv_out(y)

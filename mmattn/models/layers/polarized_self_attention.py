@@ -26,6 +26,82 @@ def _mat(conv: nn.Conv2d) -> torch.Tensor:
     return conv.weight.flatten(1)
 
 
+def _autocast_dtype(*tensors: torch.Tensor):
+    """The tensors in the dtype autocast would give a matmul here (themselves otherwise)."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def _outer_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a^T b`` for (N, K, C) and (N, K, L): ``sum_k a[:, k, :, None] * b[:, k, None, :]``.
+
+    With K = 1 or 2 this is a sum of outer products, which BLAS batched GEMM runs 5-15x slower
+    than the broadcast multiply-adds (measured on CPU: K=2, C=48, L=3072, N=8)."""
+    if a.shape[1] > 4:
+        return torch.bmm(a.transpose(1, 2), b)
+    out = a[:, 0, :, None] * b[:, 0, None, :]
+    for k in range(1, a.shape[1]):
+        out = torch.addcmul(out, a[:, k, :, None], b[:, k, None, :])
+    return out
+
+
+class _RowProducts(torch.autograd.Function):
+    """``rows @ feats``: (N, K, C) x (N, C, L) -> (N, K, L) for a few rows K (the pooled
+    vectors of PSA contracted with ``x``). Autograd's backward of ``bmm`` would compute the
+    feature gradient as a K-deep batched GEMM (slow for small K); this one uses
+    :func:`_outer_sum`."""
+
+    @staticmethod
+    def forward(ctx, rows, feats):
+        with torch.autocast(rows.device.type, enabled=False):
+            out = torch.bmm(rows, feats)
+        ctx.save_for_backward(rows, feats)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, feats = ctx.saved_tensors
+        grad = grad.to(rows.dtype)
+        grad_rows = torch.bmm(grad, feats.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_feats = _outer_sum(rows, grad) if ctx.needs_input_grad[1] else None
+        return grad_rows, grad_feats
+
+
+class _WeightedPool(torch.autograd.Function):
+    """``weights @ feats^T``: (N, K, L) x (N, C, L) -> (N, K, C), a few weighted sums over the
+    positions L (PSA's softmax pooling). Written as a row-vector product, which BLAS runs
+    ~10x faster than the matrix-vector ``feats @ weights^T``; backward as in
+    :class:`_RowProducts`."""
+
+    @staticmethod
+    def forward(ctx, weights, feats):
+        with torch.autocast(weights.device.type, enabled=False):
+            out = torch.bmm(weights, feats.transpose(1, 2))
+        ctx.save_for_backward(weights, feats)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        weights, feats = ctx.saved_tensors
+        grad = grad.to(weights.dtype)
+        grad_weights = torch.bmm(grad, feats) if ctx.needs_input_grad[0] else None
+        grad_feats = _outer_sum(grad, weights) if ctx.needs_input_grad[1] else None
+        return grad_weights, grad_feats
+
+
+def row_products(rows: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """``rows @ feats`` for (N, K, C) and (N, C, L), in autocast's dtype when it is on."""
+    return _RowProducts.apply(*_autocast_dtype(rows, feats))
+
+
+def weighted_pool(weights: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """``weights @ feats^T`` for (N, K, L) and (N, C, L), in autocast's dtype when it is on."""
+    return _WeightedPool.apply(*_autocast_dtype(weights, feats))
+
+
 @MODELS.register_module()
 class PolarizedSelfAttention(BaseModule):
     """Polarized Self-Attention (Liu et al. 2021, "Polarized Self-Attention: Towards
@@ -78,6 +154,9 @@ class PolarizedSelfAttention(BaseModule):
           instead of materialising ``x * a_ch``. The three C -> C/2 convolutions over HW (and
           their activations) become matrix-vector products; what remains over HW is reading
           ``x`` a few times (and, in the released ``PSA_s``, the ``theta`` convolution).
+        * The contractions of a few vectors with ``x`` (:func:`row_products`,
+          :func:`weighted_pool`) have their own backward, which forms the outer products with
+          broadcast multiply-adds: batched GEMM with one or two rows is 5-15x slower on CPU.
         * Softmaxes of float16/bfloat16 logits are computed in float32, and the output is
           combined as ``addcmul(x * a_sp, x, a_ch)`` (same maths, one pass fewer).
         * No ``inplanes``/``planes``/``kernel_size``/``stride`` arguments: the released blocks
@@ -159,7 +238,7 @@ class PolarizedSelfAttention(BaseModule):
         # float32 softmax; the pooled result is a convex combination of x, so it cannot
         # overflow in float16 whatever HW is
         p = _softmax(q).to(xf.dtype)
-        pooled = torch.bmm(xf, p.unsqueeze(-1)).squeeze(-1)
+        pooled = weighted_pool(p.unsqueeze(1), xf).squeeze(1)
         ctx = F.linear(pooled, _mat(self.conv_v_right))
         return torch.sigmoid(self._channel_logits(ctx))
 
@@ -187,7 +266,7 @@ class PolarizedSelfAttention(BaseModule):
         # C/2 x HW map; stacked with conv_q_right's weights so x is read once for both maps
         u = torch.matmul(self._spatial_query(mean), _mat(self.conv_v_left))
         rows = torch.stack([_mat(self.conv_q_right).expand(n, c), u], dim=1)
-        maps = torch.bmm(rows, xf)  # (N, 2, HW)
+        maps = row_products(rows, xf)  # (N, 2, HW)
         a_ch = self._channel_weights(xf, maps[:, 0])
         s = maps[:, 1]
         if self.formulation == 'released':
@@ -198,7 +277,7 @@ class PolarizedSelfAttention(BaseModule):
 
     def _forward_sequential(self, x, xf, mean):
         n, c, h, w = x.shape
-        q = torch.matmul(_mat(self.conv_q_right), xf).squeeze(1)
+        q = row_products(_mat(self.conv_q_right).expand(n, 1, c), xf).squeeze(1)
         a_ch = self._channel_weights(xf, q)
         # the spatial branch sees y = x * a_ch; its pooled mean is a_ch * mean(x)
         g = self._spatial_query(a_ch * mean)
@@ -208,12 +287,12 @@ class PolarizedSelfAttention(BaseModule):
             # over HW, so this C/2 x HW map is unavoidable here
             wv = _mat(self.conv_v_left).unsqueeze(0) * a_ch.unsqueeze(1)
             theta = torch.bmm(wv, xf)
-            theta = _softmax(theta).to(x.dtype)
-            s = torch.bmm(g.unsqueeze(1), theta)
+            theta = _softmax(theta).to(theta.dtype)
+            s = row_products(g.unsqueeze(1), theta)
         else:
             # g @ conv_v_left(y) = ((W_v_left^T g) * a_ch) . x
             u = torch.matmul(g, _mat(self.conv_v_left)) * a_ch
-            s = torch.bmm(u.unsqueeze(1), xf)
+            s = row_products(u.unsqueeze(1), xf)
         a_sp = torch.sigmoid(s)
         return x * a_sp.view(n, 1, h, w) * a_ch.view(n, c, 1, 1)
 

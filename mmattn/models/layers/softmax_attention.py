@@ -1,0 +1,160 @@
+"""``softmax(scale * Q K^T) V`` without the (Lq x Lk) matrix: the attention core shared by
+Non-local and DANet's position attention.
+
+Two implementations, chosen per call by :func:`softmax_attention`:
+
+* :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels),
+  when the query/key dim ``d`` equals the value dim ``dv`` or on CUDA, whose memory-efficient
+  kernel accepts ``dv != d``;
+* :class:`ChunkedSoftmaxAttention` otherwise, i.e. on CPU with ``d != dv`` (DANet PAM:
+  ``d = C/8``, ``dv = C``). PyTorch's CPU flash kernel needs ``d == dv``; padding ``d`` up to
+  ``dv`` would multiply the ``Q K^T`` work by ``dv / d`` (8 for PAM, 1.8x the explicit
+  formulation in all). The chunked form does the explicit formulation's arithmetic on blocks of
+  query rows: memory ``O(rows x Lk)`` instead of ``O(Lq x Lk)``, and its backward recomputes
+  each block's logits from the saved log-sum-exp (``Q K^T`` at width ``d``, a small fraction of
+  the ``dv``-wide products) instead of keeping the probabilities.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ['softmax_attention', 'ChunkedSoftmaxAttention', 'chunk_rows', 'BLOCK_ELEMENTS']
+
+# elements of one (rows x Lk) block per batch element: 4 MiB in float32, which keeps a block
+# in cache-friendly sizes and the whole working set of the backward (three blocks) small
+BLOCK_ELEMENTS = 2**20
+_MIN_ROWS = 16
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def chunk_rows(num_queries: int, num_keys: int, block_elements: Optional[int] = None) -> int:
+    """Query rows per block: ``block_elements // num_keys`` (default :data:`BLOCK_ELEMENTS`,
+    read at call time), at least 16, at most all."""
+    if block_elements is None:
+        block_elements = BLOCK_ELEMENTS
+    return max(1, min(num_queries, max(_MIN_ROWS, block_elements // max(num_keys, 1))))
+
+
+def _probabilities(q_rows: torch.Tensor, key_t: torch.Tensor, scale: float,
+                   lse_rows: Optional[torch.Tensor] = None):
+    """Softmax probabilities of one block of rows, in the accumulation dtype.
+
+    Without ``lse_rows``: unnormalised ``exp(logits - rowmax)`` and the log-sum-exp; with it:
+    the normalised probabilities recomputed from the saved log-sum-exp."""
+    logits = torch.bmm(q_rows, key_t).mul_(scale)
+    if lse_rows is not None:
+        return logits.sub_(lse_rows.unsqueeze(-1)).exp_()
+    row_max = logits.amax(dim=-1, keepdim=True)
+    # a row of -inf logits cannot occur (finite inputs); keep the shift finite regardless
+    row_max = torch.nan_to_num(row_max, neginf=0.0)
+    probs = logits.sub_(row_max).exp_()
+    denom = probs.sum(dim=-1, keepdim=True)
+    return probs, denom, (row_max + denom.log()).squeeze(-1)
+
+
+def _chunked_forward(query, key, value, scale, rows) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Output and per-row log-sum-exp. ``query``/``key`` are in the accumulation dtype
+    (float32 for 16-bit inputs), ``value`` in its own; the products with ``value`` run in
+    ``value``'s dtype, as in the flash kernels. (No ``out=`` writes: ``torch.export`` traces
+    this with tensors that require grad.)"""
+    key_t = key.transpose(1, 2)
+    low_precision = value.dtype in _LOW_PRECISION
+    outs, lses = [], []
+    for start in range(0, query.shape[1], rows):
+        probs, denom, lse = _probabilities(query[:, start:start + rows], key_t, scale)
+        if low_precision:  # normalise before rounding to 16 bits
+            outs.append(torch.bmm(probs.div_(denom).to(value.dtype), value))
+        else:  # cheaper: divide the (rows x dv) product instead of the (rows x Lk) block
+            outs.append(torch.bmm(probs, value).div_(denom))
+        lses.append(lse)
+    return torch.cat(outs, dim=1), torch.cat(lses, dim=1)
+
+
+class ChunkedSoftmaxAttention(torch.autograd.Function):
+    """``softmax(scale * Q K^T, dim=-1) V`` for ``(N, Lq, d)``, ``(N, Lk, d)``, ``(N, Lk, dv)``
+    inputs of one dtype, computed on blocks of ``rows`` query rows.
+
+    Backward (the flash-attention recurrence): with ``P`` recomputed per block from the saved
+    log-sum-exp, ``dV += P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``,
+    ``dQ = scale * dS K``, ``dK += scale * dS^T Q``. 16-bit inputs: logits, softmax and
+    log-sum-exp in float32, the forward's ``P V`` in the input dtype, the backward in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, scale: float, rows: int):
+        acc = torch.float32 if value.dtype in _LOW_PRECISION else value.dtype
+        with torch.autocast(query.device.type, enabled=False):
+            out, lse = _chunked_forward(query.to(acc), key.to(acc), value, scale, rows)
+        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.scale, ctx.rows = scale, rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, out, lse = ctx.saved_tensors
+        scale, rows = ctx.scale, ctx.rows
+        acc = lse.dtype
+        with torch.autocast(query.device.type, enabled=False):
+            # all in the accumulation dtype: the 16-bit gradients of V, Q, K would otherwise
+            # be summed over blocks in 16 bits
+            q, k, v = query.to(acc), key.to(acc), value.to(acc)
+            grad_out = grad_out.to(acc).contiguous()
+            key_t, value_t = k.transpose(1, 2), v.transpose(1, 2)
+            delta = (grad_out * out.to(acc)).sum(-1, keepdim=True)  # rowsum(dO * O)
+            grad_q = []
+            grad_k = torch.zeros_like(k)
+            grad_v = torch.zeros_like(v)
+            for start in range(0, q.shape[1], rows):
+                stop = start + rows
+                probs = _probabilities(q[:, start:stop], key_t, scale, lse[:, start:stop])
+                d_out = grad_out[:, start:stop]
+                grad_v.baddbmm_(probs.transpose(1, 2), d_out)
+                d_logits = torch.bmm(d_out, value_t)
+                d_logits.sub_(delta[:, start:stop]).mul_(probs).mul_(scale)
+                grad_q.append(torch.bmm(d_logits, k))
+                grad_k.baddbmm_(d_logits.transpose(1, 2), q[:, start:stop])
+            grad_q = torch.cat(grad_q, dim=1)
+        return (grad_q.to(query.dtype), grad_k.to(key.dtype), grad_v.to(value.dtype), None, None)
+
+
+def softmax_attention(query: torch.Tensor,
+                      key: torch.Tensor,
+                      value: torch.Tensor,
+                      scale: float,
+                      block_elements: Optional[int] = None) -> torch.Tensor:
+    """``softmax(scale * query key^T, dim=-1) value`` for ``(N, L, d)`` inputs, without forming
+    the ``(Lq x Lk)`` matrix.
+
+    ``query``/``key`` share their last dim ``d``; ``value`` may have another (``dv``). All three
+    are cast to ``value``'s dtype, so one dtype meets the kernels under autocast. On CPU with
+    ``d != dv`` the chunked form runs (blocks of :func:`chunk_rows` rows, ``block_elements``
+    per batch element); otherwise ``scaled_dot_product_attention`` (one head), whose fused
+    kernels tile the softmax. Where those do not apply PyTorch silently falls back to an
+    explicit math path that forms the matrix: CUDA's memory-efficient kernel needs head dims
+    aligned to 8, so they are zero-padded, which leaves every dot product, and so the result,
+    exactly unchanged.
+    """
+    query = query.to(value.dtype)
+    key = key.to(value.dtype)
+    d, dv = query.shape[-1], value.shape[-1]
+    if query.device.type == 'cpu' and d != dv:
+        rows = chunk_rows(query.shape[1], key.shape[1], block_elements)
+        return ChunkedSoftmaxAttention.apply(query.contiguous(), key.contiguous(),
+                                             value.contiguous(), scale, rows)
+    # (N, 1, L, d), last dim contiguous: the fused kernels need unit stride there and PyTorch
+    # silently falls back to the explicit math path otherwise (a copy for NCHW inputs, a no-op
+    # for channels_last ones)
+    query = query.unsqueeze(1).contiguous()
+    key = key.unsqueeze(1).contiguous()
+    value = value.unsqueeze(1).contiguous()
+    if query.device.type != 'cpu':
+        # CUDA's memory-efficient kernel needs head dims aligned to 8 (16-bit) / 4 (float32)
+        pad_qk, pad_v = -(-d // 8) * 8, -(-dv // 8) * 8
+        if pad_qk != d:
+            query = F.pad(query, (0, pad_qk - d))
+            key = F.pad(key, (0, pad_qk - d))
+        if pad_v != dv:
+            value = F.pad(value, (0, pad_v - dv))
+    out = F.scaled_dot_product_attention(query, key, value, scale=scale)
+    return out[..., :dv].squeeze(1)

@@ -1,0 +1,112 @@
+"""The shared attention core (``softmax_attention``): the CPU blockwise path equals the
+explicit softmax in value and gradient for every block split, keeps its blocks within budget,
+and handles 16-bit inputs and autocast."""
+import pytest
+import torch
+
+from _guards import NoLargeTensors
+
+from mmattn.models.layers.softmax_attention import (ChunkedSoftmaxAttention, chunk_rows,
+                                                    softmax_attention)
+
+
+def explicit(q, k, v, scale):
+    return torch.softmax(scale * q @ k.transpose(1, 2), dim=-1) @ v
+
+
+def qkv(n=2, lq=37, lk=29, d=4, dv=12, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, length, dim, dtype=dtype, generator=gen).requires_grad_()
+            for length, dim in ((lq, d), (lk, d), (lk, dv))]
+
+
+def test_chunk_rows():
+    assert chunk_rows(3072, 3072) == 2**20 // 3072  # 341 rows of 4 MiB float32 blocks
+    assert chunk_rows(32768, 32768) == 32
+    assert chunk_rows(100, 10**7) == 16  # never fewer than 16 rows
+    assert chunk_rows(10, 10) == 10  # a small map is one block
+    assert chunk_rows(1600, 1600, block_elements=4096) == 16
+
+
+@pytest.mark.parametrize('rows', [1, 5, 16, 36, 37])
+@pytest.mark.parametrize('scale', [1.0, 0.37])
+def test_blockwise_equals_explicit_float64(rows, scale):
+    """Forward and all three gradients equal the explicit softmax for any block split (incl.
+    a last block shorter than the others and a single block)."""
+    q, k, v = qkv()
+    out = ChunkedSoftmaxAttention.apply(q, k, v, scale, rows)
+    ref = explicit(q, k, v, scale)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+    for name, a, b in zip('qkv', got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=f'grad of {name}')
+
+
+def test_gradcheck():
+    q, k, v = qkv(n=1, lq=6, lk=5, d=3, dv=4)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: ChunkedSoftmaxAttention.apply(q, k, v, 0.8, 4), (q, k, v))
+
+
+def test_large_logits_are_stable():
+    """Logits of 1e4 (exp overflows without the row-max shift) give the explicit softmax."""
+    q, k, v = qkv()
+    with torch.no_grad():
+        q.mul_(100.0)
+        k.mul_(100.0)
+    out = softmax_attention(q, k, v, 1.0, block_elements=64)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, explicit(q, k, v, 1.0), rtol=0, atol=1e-10)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_cpu_dispatch_blockwise_for_unequal_dims_and_fused_kernel_for_equal():
+    """``d != dv``: the blockwise form, whose largest tensor is one (N, rows, Lk) block;
+    ``d == dv``: PyTorch's flash kernel (no padding needed)."""
+    q, k, v = qkv(n=1, lq=400, lk=300, d=4, dv=8, dtype=torch.float32)
+    with NoLargeTensors(400 * 300) as guard:
+        out = softmax_attention(q, k, v, 1.0, block_elements=300 * 20)  # 20 rows per block
+        out.sum().backward()
+    assert 'aten.bmm.default' in guard.ops
+    assert not any('scaled_dot_product' in op for op in guard.ops)
+    torch.testing.assert_close(out, explicit(q, k, v, 1.0), rtol=1e-5, atol=1e-6)
+    q, k, v = qkv(n=1, lq=400, lk=300, d=8, dv=8, dtype=torch.float32)
+    with NoLargeTensors(400 * 300) as guard:
+        out = softmax_attention(q, k, v, 1.0)
+    assert any('flash_attention' in op for op in guard.ops), guard.ops
+    torch.testing.assert_close(out, explicit(q, k, v, 1.0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_16_bit_inputs(dtype):
+    """16-bit q, k, v: output and gradients in that dtype, as close to the float64 result as
+    16 bits allow (logits, softmax and backward accumulate in float32)."""
+    q64, k64, v64 = qkv(lq=200, lk=150, d=8, dv=16)
+    q, k, v = (t.detach().to(dtype).requires_grad_() for t in (q64, k64, v64))
+    out = softmax_attention(q, k, v, 0.5, block_elements=150 * 16)
+    assert out.dtype == dtype
+    ref = explicit(*(t.detach().double() for t in (q, k, v)), 0.5)
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=2e-2)
+    out.backward(torch.ones_like(out))
+    for t in (q, k, v):
+        assert t.grad.dtype == dtype and torch.isfinite(t.grad).all()
+    q32, k32, v32 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    explicit(q32, k32, v32, 0.5).sum().backward()
+    for a, b in ((q, q32), (k, k32), (v, v32)):
+        torch.testing.assert_close(a.grad.double(), b.grad, rtol=0, atol=5e-2)
+
+
+def test_autocast_mixed_dtypes():
+    """Under CPU autocast a float32 query/key meets a bfloat16 value (a conv output): all are
+    cast to the value's dtype, and the gradients come back in each input's own dtype."""
+    q, k, v = qkv(lq=64, lk=64, d=4, dv=8, dtype=torch.float32)
+    v16 = v.detach().bfloat16().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = softmax_attention(q, k, v16, 1.0, block_elements=64 * 16)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), explicit(q, k, v, 1.0), rtol=0, atol=3e-2)
+    out.float().sum().backward()
+    assert q.grad.dtype == torch.float32 and v16.grad.dtype == torch.bfloat16
