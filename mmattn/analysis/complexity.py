@@ -299,11 +299,23 @@ def _modulated_deform_conv_flop_jit(inputs, outputs) -> int:
     return total
 
 
+def _contraction_flop_jit(inputs, outputs) -> int:
+    """PSA's ``_RowProducts`` / ``_WeightedPool`` (batched products with their own backward):
+    one multiply-add per output element and step of the contracted (first input's last) dim."""
+    from mmengine.analysis.jit_handles import get_shape
+    total = get_shape(inputs[0])[-1]
+    for size in get_shape(outputs[0]):
+        total *= size
+    return total
+
+
 # operators FlopAnalyzer has no handle for, that mmattn's modules run
 _EXTRA_HANDLES = {
     'aten::scaled_dot_product_attention': _sdpa_flop_jit,
     # DANet PAM on CPU (mmattn.models.layers.softmax_attention): same count as the fused kernel
     'prim::PythonOp.ChunkedSoftmaxAttention': _sdpa_flop_jit,
+    'prim::PythonOp._RowProducts': _contraction_flop_jit,
+    'prim::PythonOp._WeightedPool': _contraction_flop_jit,
     'prim::PythonOp.ModulatedDeformConv2dFunction': _modulated_deform_conv_flop_jit,
 }
 

@@ -11,8 +11,8 @@ Two implementations, chosen per call by :func:`softmax_attention`:
   ``dv`` would multiply the ``Q K^T`` work by ``dv / d`` (8 for PAM, 1.8x the explicit
   formulation in all). The chunked form does the explicit formulation's arithmetic on blocks of
   query rows: memory ``O(rows x Lk)`` instead of ``O(Lq x Lk)``, and its backward recomputes
-  each block's logits from the saved log-sum-exp (``Q K^T`` at width ``d``, a small fraction of
-  the ``dv``-wide products) instead of keeping the probabilities.
+  each block's probabilities (``Q K^T`` at width ``d``, a small fraction of the ``dv``-wide
+  products) instead of keeping them.
 """
 from typing import Optional, Tuple
 
@@ -36,69 +36,57 @@ def chunk_rows(num_queries: int, num_keys: int, block_elements: Optional[int] = 
     return max(1, min(num_queries, max(_MIN_ROWS, block_elements // max(num_keys, 1))))
 
 
-def _probabilities(q_rows: torch.Tensor, key_t: torch.Tensor, scale: float,
-                   lse_rows: Optional[torch.Tensor] = None):
-    """Softmax probabilities of one block of rows, in the accumulation dtype.
-
-    Without ``lse_rows``: unnormalised ``exp(logits - rowmax)`` and the log-sum-exp; with it:
-    the normalised probabilities recomputed from the saved log-sum-exp."""
-    logits = torch.bmm(q_rows, key_t).mul_(scale)
-    if lse_rows is not None:
-        return logits.sub_(lse_rows.unsqueeze(-1)).exp_()
-    row_max = logits.amax(dim=-1, keepdim=True)
-    # a row of -inf logits cannot occur (finite inputs); keep the shift finite regardless
-    row_max = torch.nan_to_num(row_max, neginf=0.0)
-    probs = logits.sub_(row_max).exp_()
-    denom = probs.sum(dim=-1, keepdim=True)
-    return probs, denom, (row_max + denom.log()).squeeze(-1)
+def _block_probabilities(query_rows: torch.Tensor, key_t: torch.Tensor) -> torch.Tensor:
+    """Softmax over the keys of one block of (already scaled) query rows. ``torch.softmax``
+    works row by row in cache, which beats separate max/exp/sum passes over the block."""
+    return torch.softmax(torch.bmm(query_rows, key_t), dim=-1)
 
 
-def _chunked_forward(query, key, value, scale, rows) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Output and per-row log-sum-exp. ``query``/``key`` are in the accumulation dtype
-    (float32 for 16-bit inputs), ``value`` in its own; the products with ``value`` run in
+def _chunked_forward(query, key, value, rows) -> torch.Tensor:
+    """``softmax(query key^T) value`` block by block. ``query`` (scaled) and ``key`` are in
+    the accumulation dtype (float32 for 16-bit inputs), ``value`` in its own; ``P V`` runs in
     ``value``'s dtype, as in the flash kernels. (No ``out=`` writes: ``torch.export`` traces
     this with tensors that require grad.)"""
     key_t = key.transpose(1, 2)
-    low_precision = value.dtype in _LOW_PRECISION
-    outs, lses = [], []
-    for start in range(0, query.shape[1], rows):
-        probs, denom, lse = _probabilities(query[:, start:start + rows], key_t, scale)
-        if low_precision:  # normalise before rounding to 16 bits
-            outs.append(torch.bmm(probs.div_(denom).to(value.dtype), value))
-        else:  # cheaper: divide the (rows x dv) product instead of the (rows x Lk) block
-            outs.append(torch.bmm(probs, value).div_(denom))
-        lses.append(lse)
-    return torch.cat(outs, dim=1), torch.cat(lses, dim=1)
+    outs = [
+        torch.bmm(_block_probabilities(query[:, start:start + rows], key_t).to(value.dtype),
+                  value) for start in range(0, query.shape[1], rows)
+    ]
+    return torch.cat(outs, dim=1)
 
 
 class ChunkedSoftmaxAttention(torch.autograd.Function):
     """``softmax(scale * Q K^T, dim=-1) V`` for ``(N, Lq, d)``, ``(N, Lk, d)``, ``(N, Lk, dv)``
     inputs of one dtype, computed on blocks of ``rows`` query rows.
 
-    Backward (the flash-attention recurrence): with ``P`` recomputed per block from the saved
-    log-sum-exp, ``dV += P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``,
-    ``dQ = scale * dS K``, ``dK += scale * dS^T Q``. 16-bit inputs: logits, softmax and
-    log-sum-exp in float32, the forward's ``P V`` in the input dtype, the backward in float32.
+    Backward (the flash-attention recurrence): with each block's ``P`` recomputed from
+    ``scale * Q`` and ``K`` (a ``d``-wide product), ``dV += P^T dO``,
+    ``dS = P * (dO V^T - rowsum(dO * O))``, ``dQ = scale * dS K``, ``dK += scale * dS^T Q``.
+    16-bit inputs: logits and softmax in float32, the forward's ``P V`` in the input dtype, the
+    backward in float32.
     """
 
     @staticmethod
     def forward(ctx, query, key, value, scale: float, rows: int):
         acc = torch.float32 if value.dtype in _LOW_PRECISION else value.dtype
         with torch.autocast(query.device.type, enabled=False):
-            out, lse = _chunked_forward(query.to(acc), key.to(acc), value, scale, rows)
-        ctx.save_for_backward(query, key, value, out, lse)
+            # the scale goes on Q (N x Lq x d), not on every block of logits
+            query_scaled = query.to(acc) * scale if scale != 1.0 else query.to(acc)
+            key_acc = key.to(acc)
+            out = _chunked_forward(query_scaled, key_acc, value, rows)
+        ctx.save_for_backward(query_scaled, key_acc, value, out)
         ctx.scale, ctx.rows = scale, rows
+        ctx.dtypes = (query.dtype, key.dtype)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, key, value, out, lse = ctx.saved_tensors
-        scale, rows = ctx.scale, ctx.rows
-        acc = lse.dtype
-        with torch.autocast(query.device.type, enabled=False):
+        q, k, value, out = ctx.saved_tensors
+        rows, acc = ctx.rows, q.dtype
+        with torch.autocast(q.device.type, enabled=False):
             # all in the accumulation dtype: the 16-bit gradients of V, Q, K would otherwise
             # be summed over blocks in 16 bits
-            q, k, v = query.to(acc), key.to(acc), value.to(acc)
+            v = value.to(acc)
             grad_out = grad_out.to(acc).contiguous()
             key_t, value_t = k.transpose(1, 2), v.transpose(1, 2)
             delta = (grad_out * out.to(acc)).sum(-1, keepdim=True)  # rowsum(dO * O)
@@ -107,15 +95,17 @@ class ChunkedSoftmaxAttention(torch.autograd.Function):
             grad_v = torch.zeros_like(v)
             for start in range(0, q.shape[1], rows):
                 stop = start + rows
-                probs = _probabilities(q[:, start:stop], key_t, scale, lse[:, start:stop])
+                probs = _block_probabilities(q[:, start:stop], key_t)
                 d_out = grad_out[:, start:stop]
                 grad_v.baddbmm_(probs.transpose(1, 2), d_out)
-                d_logits = torch.bmm(d_out, value_t)
-                d_logits.sub_(delta[:, start:stop]).mul_(probs).mul_(scale)
+                d_logits = torch.bmm(d_out, value_t).sub_(delta[:, start:stop]).mul_(probs)
                 grad_q.append(torch.bmm(d_logits, k))
                 grad_k.baddbmm_(d_logits.transpose(1, 2), q[:, start:stop])
             grad_q = torch.cat(grad_q, dim=1)
-        return (grad_q.to(query.dtype), grad_k.to(key.dtype), grad_v.to(value.dtype), None, None)
+            if ctx.scale != 1.0:
+                grad_q = grad_q * ctx.scale
+        q_dtype, k_dtype = ctx.dtypes
+        return grad_q.to(q_dtype), grad_k.to(k_dtype), grad_v.to(value.dtype), None, None
 
 
 def softmax_attention(query: torch.Tensor,
