@@ -110,3 +110,19 @@ def test_autocast_mixed_dtypes():
     torch.testing.assert_close(out.float(), explicit(q, k, v, 1.0), rtol=0, atol=3e-2)
     out.float().sum().backward()
     assert q.grad.dtype == torch.float32 and v16.grad.dtype == torch.bfloat16
+
+
+def test_map_within_one_block_takes_the_explicit_form():
+    """When the whole (Lq x Lk) matrix fits the block budget the explicit form runs under
+    autograd (no custom backward); values and gradients equal the explicit softmax."""
+    q, k, v = qkv()
+    out = softmax_attention(q, k, v, 0.37)
+    assert out.grad_fn is not None and 'ChunkedSoftmaxAttention' not in type(out.grad_fn).__name__
+    ref = explicit(q, k, v, 0.37)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad),
+                    torch.autograd.grad(ref, (q, k, v), grad)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    chunked = softmax_attention(q, k, v, 0.37, block_elements=29 * 16)
+    assert 'ChunkedSoftmaxAttention' in type(chunked.grad_fn).__name__

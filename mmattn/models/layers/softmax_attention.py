@@ -55,6 +55,16 @@ def _chunked_forward(query, key, value, rows) -> torch.Tensor:
     return torch.cat(outs, dim=1)
 
 
+def _single_block(query, key, value, scale) -> torch.Tensor:
+    """A map small enough for one block (the whole ``Lq x Lk`` matrix within the budget): the
+    explicit form under autograd, which keeps ``P`` for the backward instead of recomputing it
+    (and, under autocast, runs the backward's ``dv``-wide products in 16 bits like it)."""
+    acc = torch.float32 if value.dtype in _LOW_PRECISION else value.dtype
+    with torch.autocast(query.device.type, enabled=False):
+        probs = _block_probabilities(query.to(acc) * scale, key.to(acc).transpose(1, 2))
+        return torch.bmm(probs.to(value.dtype), value)
+
+
 class ChunkedSoftmaxAttention(torch.autograd.Function):
     """``softmax(scale * Q K^T, dim=-1) V`` for ``(N, Lq, d)``, ``(N, Lk, d)``, ``(N, Lk, dv)``
     inputs of one dtype, computed on blocks of ``rows`` query rows.
@@ -119,7 +129,7 @@ def softmax_attention(query: torch.Tensor,
     ``query``/``key`` share their last dim ``d``; ``value`` may have another (``dv``). All three
     are cast to ``value``'s dtype, so one dtype meets the kernels under autocast. On CPU with
     ``d != dv`` the chunked form runs (blocks of :func:`chunk_rows` rows, ``block_elements``
-    per batch element); otherwise ``scaled_dot_product_attention`` (one head), whose fused
+    per batch element; a map that fits one block takes the explicit form); otherwise ``scaled_dot_product_attention`` (one head), whose fused
     kernels tile the softmax. Where those do not apply PyTorch silently falls back to an
     explicit math path that forms the matrix: CUDA's memory-efficient kernel needs head dims
     aligned to 8, so they are zero-padded, which leaves every dot product, and so the result,
@@ -130,6 +140,8 @@ def softmax_attention(query: torch.Tensor,
     d, dv = query.shape[-1], value.shape[-1]
     if query.device.type == 'cpu' and d != dv:
         rows = chunk_rows(query.shape[1], key.shape[1], block_elements)
+        if rows >= query.shape[1]:
+            return _single_block(query, key, value, scale)
         return ChunkedSoftmaxAttention.apply(query.contiguous(), key.contiguous(),
                                              value.contiguous(), scale, rows)
     # (N, 1, L, d), last dim contiguous: the fused kernels need unit stride there and PyTorch
