@@ -64,8 +64,8 @@ def test_large_logits_are_stable():
 
 
 def test_cpu_dispatch_blockwise_for_unequal_dims_and_fused_kernel_for_equal():
-    """``d != dv``: the blockwise form, whose largest tensor is one (N, rows, Lk) block;
-    ``d == dv``: PyTorch's flash kernel (no padding needed)."""
+    """A map larger than one block: with ``d != dv`` the blockwise form, whose largest tensor
+    is one (N, rows, Lk) block; with ``d == dv`` PyTorch's flash kernel (no padding needed)."""
     q, k, v = qkv(n=1, lq=400, lk=300, d=4, dv=8, dtype=torch.float32)
     with NoLargeTensors(400 * 300) as guard:
         out = softmax_attention(q, k, v, 1.0, block_elements=300 * 20)  # 20 rows per block
@@ -75,7 +75,7 @@ def test_cpu_dispatch_blockwise_for_unequal_dims_and_fused_kernel_for_equal():
     torch.testing.assert_close(out, explicit(q, k, v, 1.0), rtol=1e-5, atol=1e-6)
     q, k, v = qkv(n=1, lq=400, lk=300, d=8, dv=8, dtype=torch.float32)
     with NoLargeTensors(400 * 300) as guard:
-        out = softmax_attention(q, k, v, 1.0)
+        out = softmax_attention(q, k, v, 1.0, block_elements=300 * 20)
     assert any('flash_attention' in op for op in guard.ops), guard.ops
     torch.testing.assert_close(out, explicit(q, k, v, 1.0), rtol=1e-5, atol=1e-6)
 
@@ -114,8 +114,12 @@ def test_autocast_mixed_dtypes():
 
 def test_map_within_one_block_takes_the_explicit_form():
     """When the whole (Lq x Lk) matrix fits the block budget the explicit form runs under
-    autograd (no custom backward); values and gradients equal the explicit softmax."""
+    autograd (no custom backward, no fused kernel); values and gradients equal the explicit
+    softmax, for d != dv and d == dv."""
     q, k, v = qkv()
+    with NoLargeTensors(10**9) as guard:
+        softmax_attention(q, k, v[..., :4], 1.0)
+    assert not any('scaled_dot_product' in op for op in guard.ops)
     out = softmax_attention(q, k, v, 0.37)
     assert out.grad_fn is not None and 'ChunkedSoftmaxAttention' not in type(out.grad_fn).__name__
     ref = explicit(q, k, v, 0.37)

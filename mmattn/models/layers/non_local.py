@@ -1,5 +1,5 @@
-"""Non-local block (embedded Gaussian) with a fused attention core that never forms the
-(HW x HW) affinity matrix."""
+"""Non-local block (embedded Gaussian) with an attention core whose memory does not grow as
+(HW x HW)."""
 import copy
 from typing import Optional, Union
 
@@ -41,8 +41,11 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
     What this subclass adds to mmcv's :class:`~mmcv.cnn.NonLocal2d` (whose weight layout, state
     dict keys and ``_abbr_`` it keeps, so its checkpoints load unchanged):
 
-    - the attention is computed with ``scaled_dot_product_attention``: memory ``O(HW * d)``
-      instead of the ``(HW x HW)`` affinity matrix mmcv materialises (``(HW)^2`` time remains);
+    - the attention runs in :func:`~mmattn.models.layers.softmax_attention.softmax_attention`
+      (``scaled_dot_product_attention``, or blocks of query rows): memory ``O(HW * d)`` instead
+      of the ``(HW x HW)`` affinity matrix mmcv materialises (``(HW)^2`` time remains); a map
+      whose matrix fits one 4 MiB block per sample is computed explicitly, which is faster
+      there on CPU;
       ``mode='dot_product'`` is reassociated as ``theta (phi^T g) / N_k`` (linear in HW);
     - the paper's defaults: ``use_scale=False`` (mmcv: True) and a BN after ``W_z`` (mmcv: none);
     - argument validation with ``ValueError``/``TypeError`` naming the argument, input checks,

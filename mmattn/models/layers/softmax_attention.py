@@ -127,9 +127,10 @@ def softmax_attention(query: torch.Tensor,
     the ``(Lq x Lk)`` matrix.
 
     ``query``/``key`` share their last dim ``d``; ``value`` may have another (``dv``). All three
-    are cast to ``value``'s dtype, so one dtype meets the kernels under autocast. On CPU with
-    ``d != dv`` the chunked form runs (blocks of :func:`chunk_rows` rows, ``block_elements``
-    per batch element; a map that fits one block takes the explicit form); otherwise ``scaled_dot_product_attention`` (one head), whose fused
+    are cast to ``value``'s dtype, so one dtype meets the kernels under autocast. On CPU a map
+    whose whole matrix fits one block (``block_elements`` per batch element) takes the explicit
+    form, which is fastest there; a larger one with ``d != dv`` the chunked form (blocks of
+    :func:`chunk_rows` rows); otherwise ``scaled_dot_product_attention`` (one head), whose fused
     kernels tile the softmax. Where those do not apply PyTorch silently falls back to an
     explicit math path that forms the matrix: CUDA's memory-efficient kernel needs head dims
     aligned to 8, so they are zero-padded, which leaves every dot product, and so the result,
@@ -138,12 +139,13 @@ def softmax_attention(query: torch.Tensor,
     query = query.to(value.dtype)
     key = key.to(value.dtype)
     d, dv = query.shape[-1], value.shape[-1]
-    if query.device.type == 'cpu' and d != dv:
+    if query.device.type == 'cpu':
         rows = chunk_rows(query.shape[1], key.shape[1], block_elements)
         if rows >= query.shape[1]:
             return _single_block(query, key, value, scale)
-        return ChunkedSoftmaxAttention.apply(query.contiguous(), key.contiguous(),
-                                             value.contiguous(), scale, rows)
+        if d != dv:
+            return ChunkedSoftmaxAttention.apply(query.contiguous(), key.contiguous(),
+                                                 value.contiguous(), scale, rows)
     # (N, 1, L, d), last dim contiguous: the fused kernels need unit stride there and PyTorch
     # silently falls back to the explicit math path otherwise (a copy for NCHW inputs, a no-op
     # for channels_last ones)
