@@ -96,6 +96,7 @@ def main():
             json.dump(metrics, f, indent=1)
         print(json.dumps(metrics))
         print(f'metrics written to {path}')
+    del runner  # before the process group goes (see teardown_distributed)
     teardown_distributed()
 
 

@@ -79,6 +79,7 @@ def main():
         preflight(cfg, ('train_dataloader', 'val_dataloader'), check_data=not args.no_data_check)
         runner = Runner.from_cfg(cfg)
         runner.train()
+    del runner  # before the process group goes (see teardown_distributed)
     teardown_distributed()
 
 

@@ -1,6 +1,7 @@
 """What tools/train.py and tools/test.py share: task detection, CPU-only distributed set-up,
 config rewrites a flag asks for, checks before a run."""
 import contextlib
+import gc
 import os
 import sys
 from typing import Any
@@ -127,7 +128,10 @@ def preflight(cfg: Config, dataloaders=('train_dataloader', 'val_dataloader'),
 
 def teardown_distributed() -> None:
     """Destroy the process group at the end of a run: gloo processes that exit with it still
-    alive can abort ("terminate called without an active exception")."""
+    alive can abort ("terminate called without an active exception"). Callers drop their
+    Runner first, and the collection here frees the DDP wrapper (whose reducer holds gloo work
+    objects) while the interpreter is fully alive."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()

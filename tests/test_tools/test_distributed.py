@@ -14,6 +14,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = ROOT / 'configs/demo/ocrnet_hr18s-psa-p_1xb4-400iter_tinycityscapes-64x128.py'
 
 
+def _tails(proc) -> str:
+    """The ends of both streams of a failed run (stdout has the ranks' logs, stderr the
+    launcher's report and any abort)."""
+    return (f'exit {proc.returncode}\n--- stdout (end) ---\n{proc.stdout[-3000:]}\n'
+            f'--- stderr (end) ---\n{proc.stderr[-5000:]}')
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only (gloo) path')
 def test_two_process_train_and_test_on_cpu(tmp_path):
@@ -34,7 +41,7 @@ def test_two_process_train_and_test_on_cpu(tmp_path):
                    'default_hooks.checkpoint.interval=2'],
         capture_output=True, text=True, env=env, timeout=900)
     log = train.stdout + train.stderr
-    assert train.returncode == 0, log[-4000:]
+    assert train.returncode == 0, _tails(train)
     assert 'CPU-only distributed run: gloo backend, 2 processes' in log
     assert re.search(r'SyncBN config\(s\) replaced by BN', log)
     assert 'Iter(train) [2/2]' in log and 'mIoU' in log
@@ -47,5 +54,5 @@ def test_two_process_train_and_test_on_cpu(tmp_path):
         ['bash', str(ROOT / 'tools/dist_test.sh'), str(CONFIG), str(ckpt), '2', '--work-dir',
          str(tmp_path / 'test')] + options,
         capture_output=True, text=True, env=env, timeout=900)
-    assert test.returncode == 0, (test.stdout + test.stderr)[-4000:]
+    assert test.returncode == 0, _tails(test)
     assert '"mIoU":' in test.stdout and (tmp_path / 'test' / 'metrics.json').is_file()
