@@ -158,7 +158,8 @@ class PolarizedSelfAttention(BaseModule):
           :func:`weighted_pool`) have their own backward, which forms the outer products with
           broadcast multiply-adds: batched GEMM with one or two rows is 5-15x slower on CPU.
         * Softmaxes of float16/bfloat16 logits are computed in float32, and the output is
-          combined as ``addcmul(x * a_sp, x, a_ch)`` (same maths, one pass fewer).
+          combined in place (``(x * a_sp).addcmul_(x, a_ch)``; same maths, one full-size
+          tensor fewer).
         * No ``inplanes``/``planes``/``kernel_size``/``stride`` arguments: the released blocks
           are always built with ``planes == inplanes``, 1x1 kernels and stride 1.
         * The released method names are swapped (``spatial_pool`` computes the channel
@@ -272,8 +273,9 @@ class PolarizedSelfAttention(BaseModule):
         if self.formulation == 'released':
             s = _softmax(s).to(x.dtype)
         a_sp = torch.sigmoid(s)
-        # x * a_sp + x * a_ch in one fused pass over the output
-        return torch.addcmul(x * a_sp.view(n, 1, h, w), x, a_ch.view(n, c, 1, 1))
+        # x * a_sp + x * a_ch with one full-size allocation: the in-place addcmul_ writes into
+        # the product (autograd needs neither that product nor the output)
+        return torch.mul(x, a_sp.view(n, 1, h, w)).addcmul_(x, a_ch.view(n, c, 1, 1))
 
     def _forward_sequential(self, x, xf, mean):
         n, c, h, w = x.shape
@@ -294,7 +296,9 @@ class PolarizedSelfAttention(BaseModule):
             u = torch.matmul(g, _mat(self.conv_v_left)) * a_ch
             s = row_products(u.unsqueeze(1), xf)
         a_sp = torch.sigmoid(s)
-        return x * a_sp.view(n, 1, h, w) * a_ch.view(n, c, 1, 1)
+        # one full-size allocation in inference (in training autograd keeps a copy of the
+        # product for a_ch's gradient, as x * a_sp * a_ch would)
+        return torch.mul(x, a_sp.view(n, 1, h, w)).mul_(a_ch.view(n, c, 1, 1))
 
     # ------------------------------------------------------------------ inspection
     @torch.no_grad()
