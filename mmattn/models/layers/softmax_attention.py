@@ -57,11 +57,13 @@ def _chunked_forward(query, key, value, rows) -> torch.Tensor:
 
 def _single_block(query, key, value, scale) -> torch.Tensor:
     """A map small enough for one block (the whole ``Lq x Lk`` matrix within the budget): the
-    explicit form under autograd, which keeps ``P`` for the backward instead of recomputing it
-    (and, under autocast, runs the backward's ``dv``-wide products in 16 bits like it)."""
-    acc = torch.float32 if value.dtype in _LOW_PRECISION else value.dtype
+    explicit form under autograd, which keeps ``P`` for the backward instead of recomputing it.
+    16-bit inputs are treated as autocast treats the explicit form (16-bit products, which
+    accumulate in float32 inside the kernel), with the softmax in float32."""
     with torch.autocast(query.device.type, enabled=False):
-        probs = _block_probabilities(query.to(acc) * scale, key.to(acc).transpose(1, 2))
+        logits = torch.bmm(query * scale, key.transpose(1, 2))
+        low_precision = logits.dtype in _LOW_PRECISION
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32 if low_precision else None)
         return torch.bmm(probs.to(value.dtype), value)
 
 
