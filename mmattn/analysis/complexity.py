@@ -300,8 +300,8 @@ def _modulated_deform_conv_flop_jit(inputs, outputs) -> int:
 
 
 def _contraction_flop_jit(inputs, outputs) -> int:
-    """PSA's ``_RowProducts`` / ``_WeightedPool`` (batched products with their own backward):
-    one multiply-add per output element and step of the contracted (first input's last) dim."""
+    """PSA's ``_FewRowProducts`` (a batched product with its own backward): one multiply-add
+    per output element and step of the contracted dim, the rows' last."""
     from mmengine.analysis.jit_handles import get_shape
     total = get_shape(inputs[0])[-1]
     for size in get_shape(outputs[0]):
@@ -314,8 +314,7 @@ _EXTRA_HANDLES = {
     'aten::scaled_dot_product_attention': _sdpa_flop_jit,
     # DANet PAM on CPU (mmattn.models.layers.softmax_attention): same count as the fused kernel
     'prim::PythonOp.ChunkedSoftmaxAttention': _sdpa_flop_jit,
-    'prim::PythonOp._RowProducts': _contraction_flop_jit,
-    'prim::PythonOp._WeightedPool': _contraction_flop_jit,
+    'prim::PythonOp._FewRowProducts': _contraction_flop_jit,
     'prim::PythonOp.ModulatedDeformConv2dFunction': _modulated_deform_conv_flop_jit,
 }
 

@@ -310,3 +310,7 @@ def test_zoo_table_counts_every_module(tmp_path):
     assert rows['danet_pam'].rstrip(' |').endswith(f'| {pam / 1e6:,.1f} | {pam / 1e6:,.1f}')
     counted = analyze_model(mmattn.build_attention('danet_pam', c), (c, 16, 16))
     assert counted.flops == counted.flops_released == pam
+    # PSA_p's executed count, with its custom-backward products counted: the stacked (2 x C)
+    # rows and the pooling over positions (3 C P) plus four C x C/2 matrix-vector products
+    counted = analyze_model(mmattn.build_attention('psa_p', c), (c, 16, 16))
+    assert counted.flops == 3 * c * p + 4 * (c // 2) * c

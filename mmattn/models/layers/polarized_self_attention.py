@@ -48,58 +48,42 @@ def _outer_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class _RowProducts(torch.autograd.Function):
-    """``rows @ feats``: (N, K, C) x (N, C, L) -> (N, K, L) for a few rows K (the pooled
-    vectors of PSA contracted with ``x``). Autograd's backward of ``bmm`` would compute the
-    feature gradient as a K-deep batched GEMM (slow for small K); this one uses
-    :func:`_outer_sum`."""
+class _FewRowProducts(torch.autograd.Function):
+    """A few rows times the (N, C, L) features ``x``: ``rows @ feats`` for (N, K, C) rows
+    (contracting channels: the pooled vectors of PSA applied at every position) or, with
+    ``over_positions``, ``rows @ feats^T`` for (N, K, L) rows (contracting positions: PSA's
+    softmax pooling, as a row-vector product, which BLAS runs ~10x faster than the
+    matrix-vector ``feats @ rows^T``). Autograd's backward of ``bmm`` would form the feature
+    gradient as a K-deep batched GEMM, slow for small K; this one uses :func:`_outer_sum`."""
 
     @staticmethod
-    def forward(ctx, rows, feats):
+    def forward(ctx, rows, feats, over_positions: bool):
         with torch.autocast(rows.device.type, enabled=False):
-            out = torch.bmm(rows, feats)
+            out = torch.bmm(rows, feats.transpose(1, 2) if over_positions else feats)
         ctx.save_for_backward(rows, feats)
+        ctx.over_positions = over_positions
         return out
 
     @staticmethod
     def backward(ctx, grad):
         rows, feats = ctx.saved_tensors
         grad = grad.to(rows.dtype)
-        grad_rows = torch.bmm(grad, feats.transpose(1, 2)) if ctx.needs_input_grad[0] else None
-        grad_feats = _outer_sum(rows, grad) if ctx.needs_input_grad[1] else None
-        return grad_rows, grad_feats
-
-
-class _WeightedPool(torch.autograd.Function):
-    """``weights @ feats^T``: (N, K, L) x (N, C, L) -> (N, K, C), a few weighted sums over the
-    positions L (PSA's softmax pooling). Written as a row-vector product, which BLAS runs
-    ~10x faster than the matrix-vector ``feats @ weights^T``; backward as in
-    :class:`_RowProducts`."""
-
-    @staticmethod
-    def forward(ctx, weights, feats):
-        with torch.autocast(weights.device.type, enabled=False):
-            out = torch.bmm(weights, feats.transpose(1, 2))
-        ctx.save_for_backward(weights, feats)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        weights, feats = ctx.saved_tensors
-        grad = grad.to(weights.dtype)
-        grad_weights = torch.bmm(grad, feats) if ctx.needs_input_grad[0] else None
-        grad_feats = _outer_sum(grad, weights) if ctx.needs_input_grad[1] else None
-        return grad_weights, grad_feats
+        grad_rows = grad_feats = None
+        if ctx.needs_input_grad[0]:
+            grad_rows = torch.bmm(grad, feats if ctx.over_positions else feats.transpose(1, 2))
+        if ctx.needs_input_grad[1]:
+            grad_feats = _outer_sum(grad, rows) if ctx.over_positions else _outer_sum(rows, grad)
+        return grad_rows, grad_feats, None
 
 
 def row_products(rows: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     """``rows @ feats`` for (N, K, C) and (N, C, L), in autocast's dtype when it is on."""
-    return _RowProducts.apply(*_autocast_dtype(rows, feats))
+    return _FewRowProducts.apply(*_autocast_dtype(rows, feats), False)
 
 
 def weighted_pool(weights: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     """``weights @ feats^T`` for (N, K, L) and (N, C, L), in autocast's dtype when it is on."""
-    return _WeightedPool.apply(*_autocast_dtype(weights, feats))
+    return _FewRowProducts.apply(*_autocast_dtype(weights, feats), True)
 
 
 @MODELS.register_module()
