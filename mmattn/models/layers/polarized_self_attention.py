@@ -17,7 +17,8 @@ def _softmax(t: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Softmax computed in float32 for half/bfloat16 inputs (exp over many positions loses
     too much in 8-10 mantissa bits); float32/float64 stay as they are."""
     if t.dtype in (torch.float16, torch.bfloat16):
-        return torch.softmax(t, dim, dtype=torch.float32)
+        # upcast first: softmax(dtype=float32) on a 16-bit input takes a slow CPU path
+        return torch.softmax(t.float(), dim)
     return torch.softmax(t, dim)
 
 
