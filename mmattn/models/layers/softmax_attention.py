@@ -1,18 +1,20 @@
 """``softmax(scale * Q K^T) V`` without the (Lq x Lk) matrix: the attention core shared by
 Non-local and DANet's position attention.
 
-Two implementations, chosen per call by :func:`softmax_attention`:
+Three implementations, chosen per call by :func:`softmax_attention`:
 
-* :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels),
-  when the query/key dim ``d`` equals the value dim ``dv`` or on CUDA, whose memory-efficient
-  kernel accepts ``dv != d``;
-* :class:`ChunkedSoftmaxAttention` otherwise, i.e. on CPU with ``d != dv`` (DANet PAM:
+* on CPU, a map whose whole matrix fits one block (:data:`BLOCK_ELEMENTS` per sample): the
+  explicit form under autograd, the fastest there;
+* :class:`ChunkedSoftmaxAttention`, on CPU for a larger map with ``d != dv`` (DANet PAM:
   ``d = C/8``, ``dv = C``). PyTorch's CPU flash kernel needs ``d == dv``; padding ``d`` up to
   ``dv`` would multiply the ``Q K^T`` work by ``dv / d`` (8 for PAM, 1.8x the explicit
   formulation in all). The chunked form does the explicit formulation's arithmetic on blocks of
   query rows: memory ``O(rows x Lk)`` instead of ``O(Lq x Lk)``, and its backward recomputes
   each block's probabilities (``Q K^T`` at width ``d``, a small fraction of the ``dv``-wide
-  products) instead of keeping them.
+  products) instead of keeping them;
+* :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels)
+  otherwise: on CPU with ``d == dv``, and on CUDA, whose memory-efficient kernel accepts
+  ``dv != d``.
 """
 from typing import Optional, Tuple
 
