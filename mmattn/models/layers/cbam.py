@@ -6,8 +6,8 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from .helpers import (build_act_arg, build_norm_arg, check_input, check_int, check_odd_kernel,
-                      reduced_channels)
+from .helpers import (build_act_arg, build_norm_arg, check_bool, check_input, check_int,
+                      check_odd_kernel, reduced_channels)
 
 __all__ = ['CBAM']
 
@@ -72,8 +72,7 @@ class CBAM(BaseModule):
         owner = type(self).__name__
         check_int('in_channels', in_channels, 1, owner)
         check_odd_kernel('kernel_size', kernel_size, owner)  # 'same' padding
-        if not isinstance(no_spatial, bool):
-            raise TypeError(f'{owner}: no_spatial must be a bool, got {no_spatial!r}')
+        check_bool('no_spatial', no_spatial, owner)
         self.in_channels = in_channels
         self.ratio = ratio
         self.kernel_size = kernel_size

@@ -9,7 +9,7 @@ from mmcv.ops.modulated_deform_conv import modulated_deform_conv2d
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from .helpers import check_input, check_int
+from .helpers import check_bool, check_input, check_int
 
 __all__ = ['DeformableConvV2']
 
@@ -134,8 +134,7 @@ class DeformableConvV2(ModulatedDeformConv2dPack, BaseModule):
         if in_channels % deform_groups:
             raise ValueError(f'{owner}: in_channels={in_channels} must be divisible by '
                              f'deform_groups={deform_groups}')
-        if not isinstance(bias, bool):
-            raise TypeError(f'{owner}: bias must be a bool, got {type(bias).__name__}')
+        check_bool('bias', bias, owner)
 
         # mmcv's __init__ calls init_weights() (ours) twice with init_cfg still None: that
         # gives mmcv's init; init_cfg is set and applied below.

@@ -9,7 +9,8 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from mmattn.registry import MODELS
-from .helpers import build_act, check_divisible, check_input, check_int, check_positive
+from .helpers import (build_act, check_bool, check_divisible, check_input, check_int,
+                      check_positive)
 
 __all__ = ['DeformableAttention2d']
 
@@ -178,8 +179,7 @@ class DeformableAttention2d(BaseModule):
         if offset_range_factor is not None:
             check_positive('offset_range_factor', offset_range_factor, owner)
         for name, flag in (('use_pe', use_pe), ('qkv_bias', qkv_bias)):
-            if not isinstance(flag, bool):
-                raise TypeError(f'{owner}: {name} must be a bool, got {type(flag).__name__}')
+            check_bool(name, flag, owner)
         if isinstance(feat_size, int) and not isinstance(feat_size, bool):
             feat_size = (feat_size, feat_size)
         if not isinstance(feat_size, (tuple, list)) or len(feat_size) != 2:

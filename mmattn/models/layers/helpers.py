@@ -75,6 +75,15 @@ def check_int(name: str, value, minimum: int = 1, owner: str = '') -> int:
     return value
 
 
+def check_bool(name: str, value, owner: str = '') -> bool:
+    """Raise TypeError naming ``name`` unless ``value`` is a bool (1/0 and strings are refused:
+    a flag given as ``'False'`` would otherwise read as true)."""
+    if not isinstance(value, bool):
+        prefix = f'{owner}: ' if owner else ''
+        raise TypeError(f'{prefix}{name} must be a bool, got {type(value).__name__} ({value!r})')
+    return value
+
+
 def check_odd_kernel(name: str, value, owner: str = '') -> int:
     """An int >= 1 that is odd, so that padding ``value // 2`` keeps the map size."""
     check_int(name, value, 1, owner)

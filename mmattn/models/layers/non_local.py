@@ -9,7 +9,8 @@ from mmcv.cnn import NonLocal2d
 from mmengine.model import BaseModule, constant_init, normal_init
 
 from mmattn.registry import MODELS
-from .helpers import check_choice, check_input, check_int, check_positive, reduced_channels
+from .helpers import (check_bool, check_choice, check_input, check_int, check_positive,
+                      reduced_channels)
 from .softmax_attention import softmax_attention
 
 __all__ = ['FusedNonLocal2d']
@@ -106,9 +107,7 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
         check_choice('mode', mode, ('embedded_gaussian', 'gaussian', 'dot_product'), owner)
         for name, value in (('use_scale', use_scale), ('sub_sample', sub_sample),
                             ('zeros_init', zeros_init)):
-            if not isinstance(value, bool):
-                raise TypeError(f'{owner}: {name} must be a bool, got '
-                                f'{type(value).__name__} ({value!r})')
+            check_bool(name, value, owner)
         for name, value in (('conv_cfg', conv_cfg), ('norm_cfg', norm_cfg)):
             if value is not None and not isinstance(value, dict):
                 raise TypeError(f'{owner}: {name} must be a dict or None, got '

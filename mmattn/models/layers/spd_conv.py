@@ -8,7 +8,7 @@ from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from .helpers import act_cfg_from_name, check_input, check_int
+from .helpers import act_cfg_from_name, check_bool, check_input, check_int
 
 __all__ = ['SPDConv', 'space_to_depth', 'depth_to_space']
 
@@ -125,8 +125,7 @@ class SPDConv(BaseModule):
         if kernel_size % 2 == 0:
             raise ValueError(f'{owner}: kernel_size must be odd (padding kernel_size // 2 keeps '
                              f'the downsampled size), got {kernel_size}')
-        if not isinstance(pad_odd, bool):
-            raise TypeError(f'{owner}: pad_odd must be a bool, got {type(pad_odd).__name__}')
+        check_bool('pad_odd', pad_odd, owner)
         if norm_cfg is not None and not isinstance(norm_cfg, dict):
             raise TypeError(f'{owner}: norm_cfg must be a dict or None, '
                             f'got {type(norm_cfg).__name__}')

@@ -6,7 +6,7 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from .helpers import build_norm_arg, check_input, check_int, check_odd_kernel
+from .helpers import build_norm_arg, check_bool, check_input, check_int, check_odd_kernel
 
 __all__ = ['TripletAttention']
 
@@ -79,8 +79,7 @@ class TripletAttention(BaseModule):
         owner = type(self).__name__
         check_int('in_channels', in_channels, 1, owner)
         check_odd_kernel('kernel_size', kernel_size, owner)  # 'same' padding
-        if not isinstance(no_spatial, bool):
-            raise TypeError(f'{owner}: no_spatial must be a bool, got {no_spatial!r}')
+        check_bool('no_spatial', no_spatial, owner)
         self.in_channels = in_channels
         self.kernel_size = kernel_size
         self.no_spatial = no_spatial
