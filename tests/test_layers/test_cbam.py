@@ -3,22 +3,12 @@ the released initialisation, errors."""
 import pytest
 import torch
 import torch.nn.functional as F
+
+from _guards import randomise as _randomise
+
 from mmcv.cnn import build_plugin_layer
 
 from mmattn.models.layers import CBAM, build_attention
-
-
-def _randomise(module, seed=0):
-    """Random weights, biases and BatchNorm running statistics (eval mode uses them)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-    return module
 
 
 def _sigmoid(t):

@@ -1,17 +1,12 @@
 """SqueezeExcitation (SPEC 2.2): equality with the written-out formula, closed forms, errors."""
 import pytest
 import torch
+
+from _guards import randomise as _randomise
+
 from mmcv.cnn import build_plugin_layer
 
 from mmattn.models.layers import SqueezeExcitation, build_attention
-
-
-def _randomise(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
 
 
 def _reference(x, w1, b1, w2, b2):
