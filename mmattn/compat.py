@@ -111,12 +111,6 @@ def _save_checkpoint_with_step(self, runner, step, meta):
             self.file_backend.rmtree(path)
 
 
-# ----------------------------------------------------------------------------- 3. resuming
-def _find_latest_checkpoint(path):
-    """mmengine's ``find_latest_checkpoint``, returning only complete checkpoints."""
-    return find_last_complete_checkpoint(path)
-
-
 # ----------------------------------------------------------------------------- 4. RNG hook
 def _register_hooks(self, default_hooks=None, custom_hooks=None):
     _originals['register_hooks'](self, default_hooks, custom_hooks)
@@ -204,16 +198,14 @@ def apply():
     _originals['save_checkpoint'] = checkpoint_mod.save_checkpoint
     for module in (checkpoint_mod, runner_mod, runner_pkg):
         module.save_checkpoint = _save_checkpoint
-    _originals['save_with_step'] = CheckpointHook._save_checkpoint_with_step
     CheckpointHook._save_checkpoint_with_step = _save_checkpoint_with_step
 
     # 3. auto-resume from the last complete checkpoint
-    _originals['find_latest_checkpoint'] = checkpoint_mod.find_latest_checkpoint
     for module in (checkpoint_mod, runner_mod, runner_pkg):
-        module.find_latest_checkpoint = _find_latest_checkpoint
+        module.find_latest_checkpoint = find_last_complete_checkpoint
     try:
         import mmengine.runner._flexible_runner as flexible_mod
-        flexible_mod.find_latest_checkpoint = _find_latest_checkpoint
+        flexible_mod.find_latest_checkpoint = find_last_complete_checkpoint
     except ImportError:  # pragma: no cover
         pass
 

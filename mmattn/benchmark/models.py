@@ -19,7 +19,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .timing import median, time_call, time_interleaved
+from mmattn.analysis import (analyze_model, build_model, default_input_shape, find_baseline,
+                             load_config)
+from .timing import median, time_interleaved
 
 __all__ = ['ModelResult', 'ModelBench', 'run_models', 'config_baseline', 'count_flops']
 
@@ -62,93 +64,18 @@ def config_baseline(config: str) -> Optional[str]:
     (``...hrnet-w48-psa-p_udp...`` -> ``...hrnet-w48_udp...``)."""
     folder = [c for c in glob.glob(osp.join(osp.dirname(config) or '.', '*.py'))
               if osp.abspath(c) != osp.abspath(config)]
-    try:
-        from mmattn.analysis import find_baseline
-    except ImportError:  # the analysis package is optional here
-        find_baseline = _find_baseline
     return find_baseline(config, folder)
-
-
-def _find_baseline(config, candidates):
-    name = osp.splitext(osp.basename(config))[0]
-    best = None
-    for cand in candidates:
-        other = osp.splitext(osp.basename(cand))[0]
-        for part in name.split('_'):
-            pieces = part.split('-')
-            for i in range(1, len(pieces)):
-                for j in range(i + 1, len(pieces) + 1):
-                    shorter = '-'.join(pieces[:i] + pieces[j:])
-                    if name.replace(part, shorter, 1) == other and \
-                            (best is None or len(other) > len(best[1])):
-                        best = (cand, other)
-    return best[0] if best else None
-
-
-def _load(config: str):
-    try:
-        from mmattn.analysis import build_model, default_input_shape, load_config
-        cfg = load_config(config)
-        return cfg, build_model(cfg), default_input_shape(cfg)
-    except ImportError:
-        pass
-    from mmengine.config import Config
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import MODELS, init_default_scope
-
-    import mmattn  # noqa: F401
-    cfg = Config.fromfile(config)
-    _no_pretrained(cfg._cfg_dict['model'])
-    if cfg.get('default_scope'):
-        init_default_scope(cfg.default_scope)
-    model = revert_sync_batchnorm(MODELS.build(copy.deepcopy(cfg.model)))
-    codec = cfg.get('codec')
-    if isinstance(codec, dict) and 'input_size' in codec:
-        w, h = codec['input_size'][:2]
-        hw = (int(h), int(w))
-    else:
-        hw = tuple(int(s) for s in cfg.crop_size)
-    return cfg, model, hw
-
-
-def _no_pretrained(node):
-    if isinstance(node, dict):
-        for key in list(node):
-            if key == 'pretrained':
-                node[key] = None
-            elif key == 'init_cfg' and isinstance(node[key], dict) and \
-                    node[key].get('type') == 'Pretrained':
-                node[key] = None
-            else:
-                _no_pretrained(node[key])
-    elif isinstance(node, (list, tuple)):
-        for item in node:
-            _no_pretrained(item)
 
 
 def count_flops(model: nn.Module, hw: Tuple[int, int]) -> Tuple[Dict[str, int], str, int]:
     """``({'executed': n, 'released': n}, source, attention modules)`` of ``model`` on one
     ``3 x H x W`` image."""
-    try:
-        from mmattn.analysis import analyze_model
-        result = analyze_model(model, (3, ) + tuple(hw))
-        return (dict(executed=int(result.flops), released=int(result.flops_released)),
-                'mmattn.analysis.analyze_model (get_flops.py)', int(result.attn_modules))
-    except ImportError:
-        pass
-    from mmengine.analysis import get_model_complexity_info
-
-    forward = model.forward
-    model.forward = lambda x: forward(x, None, mode='tensor')
-    try:
-        info = get_model_complexity_info(model, input_shape=(3, ) + tuple(hw), show_table=False,
-                                         show_arch=False)
-    finally:
-        del model.forward
-    return dict(executed=int(info['flops'])), 'mmengine get_model_complexity_info', 0
+    result = analyze_model(model, (3, ) + tuple(hw))
+    return (dict(executed=int(result.flops), released=int(result.flops_released)),
+            'mmattn.analysis.analyze_model (get_flops.py)', int(result.attn_modules))
 
 
-def _data_samples(cfg, model: nn.Module, batch: int, hw: Tuple[int, int], device):
+def _data_samples(cfg, batch: int, hw: Tuple[int, int], device):
     """Random training targets for ``model.loss``."""
     scope = cfg.get('default_scope', '')
     gen = torch.Generator().manual_seed(3)
@@ -202,12 +129,13 @@ class ModelBench:
     ``train_iter()`` closures."""
 
     def __init__(self, config: str, batch: int, device='cpu'):
-        self.cfg, model, self.hw = _load(config)
-        self.model = model.to(device)
+        self.cfg = load_config(config)
+        self.hw = default_input_shape(self.cfg)
+        self.model = build_model(self.cfg).to(device)
         self.device = torch.device(device)
         gen = torch.Generator().manual_seed(4)
         self.inputs = torch.randn(batch, 3, *self.hw, generator=gen).to(device)
-        self.samples = _data_samples(self.cfg, self.model, batch, self.hw, device)
+        self.samples = _data_samples(self.cfg, batch, self.hw, device)
         self.optim = _optim_wrapper(self.cfg, self.model)
 
     def infer(self):
@@ -253,15 +181,11 @@ def run_models(configs: List[str], batch: int = 1, device='cpu', reps: int = 5,
             for phase in phases:
                 calls = {k: (b.infer if phase == 'infer' else b.train_iter)
                          for k, b in benches.items()}
-                first = sum(time_call(c, device) for c in calls.values())  # warm-up
-                n = reps
-                if budget_s is not None and first > 0:
-                    n = max(1 if first > budget_s else min(3, reps),
-                            min(reps, int(budget_s // first)))
-                times = time_interleaved(calls, reps=n, warmup=0, device=device)
+                times = time_interleaved(calls, reps=reps, warmup=1, device=device,
+                                         budget_s=budget_s)
                 result.samples[phase] = times
                 result.times[phase] = {k: median(v) for k, v in times.items()}
-                result.reps[phase] = n
+                result.reps[phase] = n = len(times['model'])
                 over = result.time_overhead(phase)
                 log(f'  {osp.basename(config)} N={batch} {phase}: '
                     f'{1000 * result.times[phase]["model"]:.0f} ms vs '

@@ -26,13 +26,12 @@ import torch.nn as nn
 
 from .memory import GiB, peak_bytes, predict_peak_bytes
 from .shapes import FeatureShape
-from .timing import median, time_call, time_interleaved
+from .timing import median, reps_within, time_call, time_interleaved
 
 __all__ = ['Case', 'CaseResult', 'module_kwargs', 'build_module', 'run_case', 'autocast_dtype',
-           'PHASES', 'VARIANTS']
+           'PHASES']
 
 PHASES = ('fwd', 'fwdbwd')
-VARIANTS = ('module', 'plain', 'compiled')
 
 
 @dataclass
@@ -73,14 +72,6 @@ class CaseResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def time_ms(self, phase: str, variant: str = 'module') -> Optional[float]:
-        value = self.times.get(phase, {}).get(variant)
-        return None if value is None else 1000.0 * value
-
-    def peak_mib(self, phase: str, variant: str = 'module') -> Optional[float]:
-        value = self.peak.get(phase, {}).get(variant)
-        return None if value is None else value / 2**20
 
 
 def module_kwargs(name: str) -> dict:
@@ -261,10 +252,7 @@ def run_case(case: Case, dtype: str = 'float32', device='cpu', reps: int = 5,
             if 'module' in result.skipped[phase]:
                 result.skipped[phase]['compiled'] = result.skipped[phase]['module']
 
-    # ---- compile once per phase (untimed), count graph breaks
-    compiled_ok = {'fwd': False, 'fwdbwd': False}
-
-    # ---- phases
+    # ---- phases (the compiled variant is compiled once per phase, untimed)
     for phase in PHASES:
         module.train(phase == 'fwdbwd')
         make = make_fwd if phase == 'fwd' else make_fwdbwd
@@ -274,7 +262,6 @@ def run_case(case: Case, dtype: str = 'float32', device='cpu', reps: int = 5,
             start = time.perf_counter()
             try:
                 time_call(calls['compiled'], device)
-                compiled_ok[phase] = True
                 result.compile_s = (result.compile_s or 0.0) + time.perf_counter() - start
                 result.graph_breaks = (result.graph_breaks or 0) + _graph_breaks() - breaks
             except Exception as exc:  # noqa: BLE001
@@ -320,8 +307,7 @@ def run_case(case: Case, dtype: str = 'float32', device='cpu', reps: int = 5,
         per_rep = sum(first.values())
         n_reps = reps
         if budget_s is not None and per_rep > 0:
-            n_reps = max(1 if per_rep > budget_s else min(3, reps),
-                         min(reps, int(budget_s // per_rep)))
+            n_reps = reps_within(budget_s, per_rep, reps)
             if per_rep > 3 * budget_s:
                 n_reps = 0
         if n_reps == 0:
@@ -334,7 +320,6 @@ def run_case(case: Case, dtype: str = 'float32', device='cpu', reps: int = 5,
         summary = ', '.join(f'{v} {1000 * s:.2f} ms' for v, s in result.times[phase].items())
         log(f'  {case.name} {shape.label} N={n} {dtype} {phase}: {summary} '
             f'({n_reps or "1 profiled"} reps)')
-    del xg, x
     return result
 
 

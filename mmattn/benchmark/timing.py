@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-__all__ = ['time_call', 'time_interleaved', 'median']
+__all__ = ['time_call', 'time_interleaved', 'reps_within', 'median']
 
 
 def time_call(fn: Callable[[], object], device='cpu') -> float:
@@ -40,6 +40,13 @@ def median(values: List[float]) -> float:
     return statistics.median(values) if values else float('nan')
 
 
+def reps_within(budget_s: float, per_rep: float, reps: int, min_reps: int = 3) -> int:
+    """Repetitions of ``per_rep`` seconds that fit ``budget_s``: at most ``reps``, at least
+    ``min_reps`` (1 when one repetition alone exceeds the budget)."""
+    floor = 1 if per_rep > budget_s else min(min_reps, reps)
+    return max(floor, min(reps, int(budget_s // per_rep)))
+
+
 def time_interleaved(fns: Dict[str, Callable[[], object]], reps: int = 5, warmup: int = 1,
                      device='cpu', budget_s: Optional[float] = None,
                      min_reps: int = 3) -> Dict[str, List[float]]:
@@ -57,9 +64,7 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], reps: int = 5, warmup
         for name in names:
             slowest = max(slowest, time_call(fns[name], device))
     if budget_s is not None and warmup > 0 and slowest > 0:
-        per_rep = slowest * len(names)
-        fit = int(budget_s // per_rep)
-        reps = max(1 if slowest > budget_s else min(min_reps, reps), min(reps, fit))
+        reps = reps_within(budget_s, slowest * len(names), reps, min_reps)
     times: Dict[str, List[float]] = {name: [] for name in names}
     for rep in range(reps):
         order = names if rep % 2 == 0 else names[::-1]

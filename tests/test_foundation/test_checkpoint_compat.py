@@ -6,62 +6,18 @@ mmengine itself fail with "Weights only load failed" on torch >= 2.6.
 import numpy as np
 import pytest
 import torch
-from mmengine.model import BaseModel
-from mmengine.runner import Runner, load_checkpoint, save_checkpoint
-from torch.utils.data import Dataset
+from _toy_runner import StartIter, ToyModel, toy_runner
+from mmengine.runner import load_checkpoint, save_checkpoint
 
 import mmattn  # noqa: F401  (applies the fix)
 
 
-class _ToyModel(BaseModel):
-
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 1)
-
-    def forward(self, inputs, targets=None, mode='tensor'):
-        inputs = torch.stack(inputs) if isinstance(inputs, list) else inputs
-        out = self.linear(inputs)
-        if mode == 'loss':
-            targets = torch.stack(targets) if isinstance(targets, list) else targets
-            return dict(loss=((out - targets)**2).mean())
-        return out
-
-
-class _ToyData(Dataset):
-
-    def __init__(self):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(16, 4, generator=g)
-        self.y = self.x.sum(1, keepdim=True)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return dict(inputs=self.x[i], targets=self.y[i])
-
-
 def _runner(work_dir, max_iters, **kwargs):
-    torch.manual_seed(0)  # same initial weights in every run
-    return Runner(
-        model=_ToyModel(),
-        work_dir=str(work_dir),
-        train_dataloader=dict(
-            dataset=_ToyData(), sampler=dict(type='DefaultSampler', shuffle=True),
-            batch_size=4, num_workers=0),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
-        default_hooks=dict(
-            checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
-            logger=dict(type='LoggerHook', interval=1)),
-        randomness=dict(seed=0),
-        default_scope='mmengine',
-        **kwargs)
+    return toy_runner(work_dir, max_iters, interval=2, **kwargs)
 
 
 def test_save_checkpoint_with_metadata_loads(tmp_path):
-    model = _ToyModel()
+    model = ToyModel()
     meta = dict(epoch=3, np_scalar=np.float64(0.5), np_array=np.arange(3), text='cfg text',
                 nested=dict(classes=('a', 'b')))
     path = tmp_path / 'meta.pth'
@@ -69,7 +25,7 @@ def test_save_checkpoint_with_metadata_loads(tmp_path):
     # the stock torch.load default refuses this file: the fix is what makes it load
     with pytest.raises(Exception, match='[Ww]eights only load failed'):
         torch.load(str(path))
-    other = _ToyModel()
+    other = ToyModel()
     ckpt = load_checkpoint(other, str(path), map_location='cpu')
     assert ckpt['meta']['np_scalar'] == 0.5
     assert np.array_equal(ckpt['meta']['np_array'], np.arange(3))
@@ -85,10 +41,11 @@ def test_checkpoint_hook_then_resume(tmp_path):
     saved = torch.load(str(ckpt_path), weights_only=False)
     assert 'message_hub' in saved and 'optimizer' in saved  # real mmengine metadata
 
-    resumed = _runner(tmp_path, max_iters=6, resume=True)
+    start = StartIter()
+    resumed = _runner(tmp_path, max_iters=6, resume=True, custom_hooks=[start])
     resumed.train()
+    assert start.iter == 4  # resumed from iteration 4, not retrained from 0
     assert resumed.iter == 6
-    # resumed from iteration 4, not retrained from 0: the log of the resumed run starts at 5
     assert (tmp_path / 'iter_6.pth').is_file()
 
     straight = _runner(tmp_path / 'straight', max_iters=6)

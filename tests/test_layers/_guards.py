@@ -4,6 +4,8 @@ import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from mmattn.testing import randomise  # noqa: F401  (re-exported for the layer tests)
+
 
 class NoLargeTensors(TorchDispatchMode):
     """Raise as soon as any aten op, forward or backward, returns a tensor of at least
@@ -23,15 +25,3 @@ class NoLargeTensors(TorchDispatchMode):
                 raise AssertionError(f'{func} returned a tensor of shape {tuple(t.shape)}')
         return out
 
-
-def randomise(module, seed=0):
-    """Random weights, biases and BatchNorm running statistics (eval mode uses them)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-    return module

@@ -8,24 +8,19 @@ from _guards import NoLargeTensors
 import mmattn.models.layers.softmax_attention as softmax_attention_module
 from mmattn.models.layers import (DANetChannelAttention, DANetDualAttention,
                                   DANetPositionAttention, build_attention)
+from mmattn.testing import randomise as randomise_weights
 from mmattn.testing.plain import plain_danet_cam_term as reference_cam_term
 from mmattn.testing.plain import plain_danet_pam_term as reference_pam_term
 
 
 def randomise(m, seed=0):
     """Random values for every parameter, the zero-initialised gammas included."""
-    g = torch.Generator().manual_seed(seed)
+    randomise_weights(m, seed, scale=0.3)
     with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
         for name, p in m.named_parameters():
             if name.endswith('gamma'):
                 p.fill_(0.7 if 'cam' not in name else -0.4)
     return m.eval()
-
-
-
-
 
 
 def test_defaults_and_names():

@@ -127,3 +127,21 @@ def assert_same_weights(a_path, b_path):
 def complete_checkpoints(work_dir):
     from mmattn.utils.checkpoint import checkpoint_problem
     return {p.name: checkpoint_problem(str(p)) for p in pathlib.Path(work_dir).glob('*.pth')}
+
+
+def resume_and_compare(config, root, work_dir, options, final, *extra) -> int:
+    """Finish the killed run in ``work_dir`` with ``--resume``; assert that no temporary
+    checkpoint file is left and that its ``final`` checkpoint has the weights of the
+    uninterrupted run (``root / 'straight' / final``). Returns the iteration it resumed from."""
+    output = run_train(config, work_dir, options, *extra, '--resume')
+    assert not list(pathlib.Path(work_dir).glob('.*.tmp-*'))  # stale temporary files cleaned
+    assert_same_weights(root / 'straight' / final, work_dir / final)
+    return resumed_at(output)
+
+
+def assert_killed_in_write(work_dir, killed, previous):
+    """After a kill during ``killed``'s write: nothing under its final name, ``previous`` the
+    only (and complete) checkpoint, and ``last_checkpoint`` naming it."""
+    assert not (work_dir / killed).exists()
+    assert complete_checkpoints(work_dir) == {previous: None}
+    assert (work_dir / 'last_checkpoint').read_text().strip() == str(work_dir / previous)

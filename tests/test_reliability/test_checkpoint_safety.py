@@ -19,9 +19,8 @@ import torch
 
 import mmattn  # noqa: F401,I001  (applies the fixes; before importing mmengine's functions)
 import mmattn.compat as compat
-from mmengine.model import BaseModel
-from mmengine.runner import Runner, load_checkpoint, save_checkpoint
-from torch.utils.data import Dataset
+from _toy_runner import StartIter, ToyModel, toy_runner
+from mmengine.runner import load_checkpoint, save_checkpoint
 from mmattn.utils.checkpoint import (CheckpointError, checkpoint_problem,
                                      find_last_complete_checkpoint, write_text_atomic)
 
@@ -30,52 +29,8 @@ SEG_CONFIG = ROOT / 'configs/demo/ocrnet_hr18s-psa-p_1xb4-400iter_tinycityscapes
 
 
 # ----------------------------------------------------------------------------- a toy Runner
-class _Toy(BaseModel):
-
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 1)
-        self.drop = torch.nn.Dropout(0.3)  # draws from torch's RNG every iteration
-
-    def forward(self, inputs, targets=None, mode='tensor'):
-        inputs = torch.stack(inputs) if isinstance(inputs, list) else inputs
-        out = self.linear(self.drop(inputs))
-        if mode == 'loss':
-            targets = torch.stack(targets) if isinstance(targets, list) else targets
-            return dict(loss=((out - targets)**2).mean())
-        return out
-
-
-class _Data(Dataset):
-
-    def __init__(self):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(12, 4, generator=g)
-        self.y = self.x.sum(1, keepdim=True)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return dict(inputs=self.x[i], targets=self.y[i])
-
-
-def _runner(work_dir, max_iters, max_keep_ckpts=-1, **kwargs):
-    torch.manual_seed(0)
-    return Runner(
-        model=_Toy(),
-        work_dir=str(work_dir),
-        train_dataloader=dict(dataset=_Data(), sampler=dict(type='DefaultSampler', shuffle=True),
-                              batch_size=4, num_workers=0),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9)),
-        default_hooks=dict(
-            checkpoint=dict(type='CheckpointHook', interval=1, by_epoch=False,
-                            max_keep_ckpts=max_keep_ckpts),
-            logger=dict(type='LoggerHook', interval=1)),
-        randomness=dict(seed=0, deterministic=True),
-        default_scope='mmengine',
-        **kwargs)
+def _runner(work_dir, max_iters, **kwargs):
+    return toy_runner(work_dir, max_iters, dropout=0.3, **kwargs)
 
 
 def _truncate(path, fraction=0.5):
@@ -93,7 +48,7 @@ def _flip_middle(path):
 @pytest.fixture
 def good_ckpt(tmp_path):
     path = tmp_path / 'good.pth'
-    save_checkpoint(dict(state_dict=_Toy().state_dict(), meta=dict(iter=1)), str(path))
+    save_checkpoint(dict(state_dict=ToyModel().state_dict(), meta=dict(iter=1)), str(path))
     return path
 
 
@@ -122,7 +77,7 @@ def test_an_error_half_way_through_the_write_leaves_no_file(tmp_path, monkeypatc
     monkeypatch.setattr(os, 'fsync', failing_fsync)
     path = tmp_path / 'iter_1.pth'
     with pytest.raises(OSError, match='injected'):
-        save_checkpoint(dict(state_dict=_Toy().state_dict()), str(path))
+        save_checkpoint(dict(state_dict=ToyModel().state_dict()), str(path))
     monkeypatch.setattr(os, 'fsync', real_fsync)
     assert calls and not path.exists() and not list(tmp_path.iterdir())
 
@@ -215,8 +170,12 @@ def test_runner_resumes_past_a_half_written_checkpoint_to_identical_weights(tmp_
     first = _runner(tmp_path / 'run', max_iters=4)
     first.train()
     _truncate(tmp_path / 'run' / 'iter_4.pth')  # as if killed inside torch.save of iter_4
-    resumed = _runner(tmp_path / 'run', max_iters=6, resume=True)
+    start = StartIter()
+    resumed = _runner(tmp_path / 'run', max_iters=6, resume=True, custom_hooks=[start])
     resumed.train()
+    # resumed from iter_3, past the truncated iter_4 (a fresh start, 0, would also end with
+    # the same weights: training is deterministic)
+    assert start.iter == 3
     assert resumed.iter == 6
     for a, b in zip(resumed.model.parameters(), straight.model.parameters()):
         assert torch.equal(a, b)
@@ -232,7 +191,7 @@ DAMAGE = {'truncated': _truncate, 'bit_flipped': _flip_middle,
 def test_mmengine_loaders_raise_one_clear_error(good_ckpt, damage):
     DAMAGE[damage](good_ckpt)
     with pytest.raises(CheckpointError) as info:
-        load_checkpoint(_Toy(), str(good_ckpt))
+        load_checkpoint(ToyModel(), str(good_ckpt))
     message = str(info.value)
     assert str(good_ckpt) in message
     assert ('not a readable checkpoint' in message or 'not a PyTorch checkpoint' in message)

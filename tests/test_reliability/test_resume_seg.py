@@ -2,8 +2,8 @@
 SIGKILL - after a checkpoint, or in the middle of writing one - resumes with ``--resume`` and
 ends with exactly the weights of an uninterrupted run (CPU, deterministic mode, seed 0)."""
 import pytest
-from _train_helpers import (SEG_CONFIG, assert_same_weights, complete_checkpoints, exists,
-                            resumed_at, run_and_kill, run_train, seg_options, writing)
+from _train_helpers import (SEG_CONFIG, assert_killed_in_write, complete_checkpoints, exists,
+                            resume_and_compare, run_and_kill, run_train, seg_options, writing)
 
 from mmattn.datasets import make_tiny_cityscapes
 from mmattn.utils.checkpoint import TEST_WRITE_DELAY_ENV
@@ -27,10 +27,9 @@ def test_killed_after_a_checkpoint_resumes_to_identical_weights(setup):
     run_and_kill(SEG_CONFIG, work_dir, options, exists('iter_2.pth'), '--no-validate')
     assert not (work_dir / f'iter_{MAX_ITERS}.pth').exists()
     assert all(problem is None for problem in complete_checkpoints(work_dir).values())
-    output = run_train(SEG_CONFIG, work_dir, options, '--no-validate', '--resume')
-    assert 2 <= resumed_at(output) < MAX_ITERS
-    assert_same_weights(root / 'straight' / f'iter_{MAX_ITERS}.pth',
-                        work_dir / f'iter_{MAX_ITERS}.pth')
+    final = f'iter_{MAX_ITERS}.pth'
+    assert 2 <= resume_and_compare(SEG_CONFIG, root, work_dir, options, final,
+                                   '--no-validate') < MAX_ITERS
 
 
 @pytest.mark.slow
@@ -41,11 +40,6 @@ def test_killed_while_writing_a_checkpoint_resumes_to_identical_weights(setup):
     run_and_kill(SEG_CONFIG, work_dir, options, writing('iter_2.pth'), '--no-validate',
                  env={TEST_WRITE_DELAY_ENV: '5'})
     # never a partial file under the final name, and the pointer names a complete checkpoint
-    assert not (work_dir / 'iter_2.pth').exists()
-    assert complete_checkpoints(work_dir) == {'iter_1.pth': None}
-    assert (work_dir / 'last_checkpoint').read_text().strip() == str(work_dir / 'iter_1.pth')
-    output = run_train(SEG_CONFIG, work_dir, options, '--no-validate', '--resume')
-    assert resumed_at(output) == 1
-    assert not list(work_dir.glob('.iter_*.tmp-*'))  # the stale temporary file is cleaned up
-    assert_same_weights(root / 'straight' / f'iter_{MAX_ITERS}.pth',
-                        work_dir / f'iter_{MAX_ITERS}.pth')
+    assert_killed_in_write(work_dir, 'iter_2.pth', 'iter_1.pth')
+    assert resume_and_compare(SEG_CONFIG, root, work_dir, options, f'iter_{MAX_ITERS}.pth',
+                              '--no-validate') == 1

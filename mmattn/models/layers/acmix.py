@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from .helpers import check_divisible, check_input, check_int
+from .helpers import check_divisible, check_input, check_int, softmax_float32
 
 __all__ = ['ACmix']
 
@@ -227,11 +227,9 @@ class ACmix(BaseModule):
 
         logits = torch.stack(
             [(q * self._shifted(k_pe, i, j, h_out, w_out)).sum(1) for i, j in offsets], dim=1)
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            # softmax and the weighted sum of the window accumulate in float32
-            att = logits.float().softmax(1)  # (softmax(dtype=) is slower on CPU)
-        else:
-            att = logits.softmax(1)  # (bh, ka * ka, h_out, w_out)
+        # (bh, ka * ka, h_out, w_out); for 16-bit inputs the softmax and the weighted sum of
+        # the window accumulate in float32
+        att = softmax_float32(logits, 1)
 
         out = None
         for idx, (i, j) in enumerate(offsets):

@@ -64,6 +64,17 @@ def build_norm_arg(owner: str, cfg, num_features: int) -> torch.nn.Module:
         raise err(f'{owner}: norm_cfg={cfg!r} is not a valid norm ({e})') from e
 
 
+# ----------------------------------------------------------------------------- numerics
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def softmax_float32(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax in float32 for half/bfloat16 inputs (exp over many positions loses too much in
+    8-10 mantissa bits), float32/float64 inputs as they are. Upcasts first:
+    ``softmax(dtype=torch.float32)`` on a 16-bit CPU tensor takes a much slower path."""
+    return torch.softmax(t.float() if t.dtype in LOW_PRECISION else t, dim)
+
+
 # ----------------------------------------------------------------------------- argument checks
 def check_int(name: str, value, minimum: int = 1, owner: str = '') -> int:
     """Raise TypeError/ValueError naming ``name`` unless ``value`` is an int >= ``minimum``."""

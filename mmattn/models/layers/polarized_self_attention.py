@@ -6,20 +6,11 @@ from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
 
-from .helpers import check_choice, check_input, check_int
+from .helpers import check_choice, check_input, check_int, softmax_float32
 
 __all__ = ['PolarizedSelfAttention']
 
 _OWNER = 'PolarizedSelfAttention'
-
-
-def _softmax(t: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Softmax computed in float32 for half/bfloat16 inputs (exp over many positions loses
-    too much in 8-10 mantissa bits); float32/float64 stay as they are."""
-    if t.dtype in (torch.float16, torch.bfloat16):
-        # upcast first: softmax(dtype=float32) on a 16-bit input takes a slow CPU path
-        return torch.softmax(t.float(), dim)
-    return torch.softmax(t, dim)
 
 
 def _mat(conv: nn.Conv2d) -> torch.Tensor:
@@ -223,7 +214,7 @@ class PolarizedSelfAttention(BaseModule):
         """
         # float32 softmax; the pooled result is a convex combination of x, so it cannot
         # overflow in float16 whatever HW is
-        p = _softmax(q).to(xf.dtype)
+        p = softmax_float32(q, -1).to(xf.dtype)
         pooled = weighted_pool(p.unsqueeze(1), xf).squeeze(1)
         ctx = F.linear(pooled, _mat(self.conv_v_right))
         return torch.sigmoid(self._channel_logits(ctx))
@@ -243,7 +234,7 @@ class PolarizedSelfAttention(BaseModule):
         g = F.linear(mean, _mat(self.conv_q_left))
         if self.formulation == 'paper':
             # the paper's softmax over the C/2 channels of the pooled query
-            g = _softmax(g).to(mean.dtype)
+            g = softmax_float32(g, -1).to(mean.dtype)
         return g
 
     def _forward_parallel(self, x, xf, mean):
@@ -256,7 +247,7 @@ class PolarizedSelfAttention(BaseModule):
         a_ch = self._channel_weights(xf, maps[:, 0])
         s = maps[:, 1]
         if self.formulation == 'released':
-            s = _softmax(s).to(x.dtype)
+            s = softmax_float32(s, -1).to(x.dtype)
         a_sp = torch.sigmoid(s)
         # x * a_sp + x * a_ch with one full-size allocation: the in-place addcmul_ writes into
         # the product (autograd needs neither that product nor the output)
@@ -274,7 +265,7 @@ class PolarizedSelfAttention(BaseModule):
             # over HW, so this C/2 x HW map is unavoidable here
             wv = _mat(self.conv_v_left).unsqueeze(0) * a_ch.unsqueeze(1)
             theta = torch.bmm(wv, xf)
-            theta = _softmax(theta).to(theta.dtype)
+            theta = softmax_float32(theta, -1).to(theta.dtype)
             s = row_products(g.unsqueeze(1), theta)
         else:
             # g @ conv_v_left(y) = ((W_v_left^T g) * a_ch) . x
@@ -308,14 +299,14 @@ class PolarizedSelfAttention(BaseModule):
             a_ch = self._channel_weights(xf, maps[:, 0])
             s = maps[:, 1]
             if self.formulation == 'released':
-                s = _softmax(s).to(x.dtype)
+                s = softmax_float32(s, -1).to(x.dtype)
         else:
             q = torch.matmul(_mat(self.conv_q_right), xf).squeeze(1)
             a_ch = self._channel_weights(xf, q)
             g = self._spatial_query(a_ch * mean)
             if self.formulation == 'released':
                 wv = _mat(self.conv_v_left).unsqueeze(0) * a_ch.unsqueeze(1)
-                theta = _softmax(torch.bmm(wv, xf)).to(x.dtype)
+                theta = softmax_float32(torch.bmm(wv, xf), -1).to(x.dtype)
                 s = torch.bmm(g.unsqueeze(1), theta).squeeze(1)
             else:
                 u = torch.matmul(g, _mat(self.conv_v_left)) * a_ch
