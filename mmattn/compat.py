@@ -25,6 +25,7 @@ import torch
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from mmattn.utils.torch_compat import disabled_grad_scaler
 from mmattn.utils.checkpoint import (CheckpointNotFoundError, find_last_complete_checkpoint,
                                      load_checkpoint_file, save_checkpoint_atomic,
                                      write_text_atomic)
@@ -150,7 +151,7 @@ def _amp_init(self, loss_scale='dynamic', dtype=None, use_fsdp=False, **kwargs):
                         f'{loss_scale}')
     OptimWrapper.__init__(self, **kwargs)
     self._scale_update_param = None
-    self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
+    self.loss_scaler = disabled_grad_scaler('cpu')
     self.cast_dtype = dtype
 
 

@@ -24,7 +24,8 @@ from typing import Callable, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+
+from mmattn.utils.torch_compat import tree_leaves
 
 __all__ = ['cpu_peak_bytes', 'cuda_peak_bytes', 'peak_bytes', 'LiveStorageMeter',
            'predict_peak_bytes', 'GiB', 'MiB']

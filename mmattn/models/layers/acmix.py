@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
+from mmattn.utils.torch_compat import register_load_state_dict_pre_hook
+
 from .helpers import check_divisible, check_input, check_int, softmax_float32
 
 __all__ = ['ACmix']
@@ -155,7 +157,7 @@ class ACmix(BaseModule):
         self.dep_conv = nn.Conv2d(
             kernel_conv**2 * self.head_dim, out_channels, kernel_conv, stride=stride,
             padding=(kernel_conv - 1) // 2, groups=self.head_dim, bias=True)
-        self.register_load_state_dict_pre_hook(_zero_bias_if_absent)
+        register_load_state_dict_pre_hook(self, _zero_bias_if_absent)
         self.init_weights()
 
     def init_weights(self):

@@ -6,6 +6,8 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
+from mmattn.utils.torch_compat import autocast_enabled
+
 from .helpers import check_input, check_int, reduced_channels
 from .softmax_attention import softmax_attention
 
@@ -140,7 +142,7 @@ class DANetChannelAttention(BaseModule):
         """``A X`` as an (N, C, H, W) map: the term ``gamma`` scales (no input check)."""
         feat = x.flatten(2)  # (N, C, HW)
         device_type = x.device.type
-        if (torch.is_autocast_enabled(device_type)
+        if (autocast_enabled(device_type)
                 or feat.dtype in (torch.float16, torch.bfloat16)):
             with torch.autocast(device_type, enabled=False):
                 feat32 = feat.float()

@@ -9,6 +9,8 @@ from mmcv.ops.modulated_deform_conv import modulated_deform_conv2d
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
+from mmattn.utils.torch_compat import autocast_enabled
+
 from .helpers import check_bool, check_input, check_int
 
 __all__ = ['DeformableConvV2']
@@ -24,13 +26,6 @@ def _pair_arg(name: str, value, minimum: int, owner: str) -> Tuple[int, int]:
         return tuple(check_int(name, v, minimum, owner) for v in value)
     check_int(name, value, minimum, owner)
     return (value, value)
-
-
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except (RuntimeError, TypeError, ValueError):  # device type without autocast support
-        return False
 
 
 @MODELS.register_module()
@@ -190,7 +185,7 @@ class DeformableConvV2(ModulatedDeformConv2dPack, BaseModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         check_input(self, x, self.in_channels, min_size=self._min_size())
         device_type = x.device.type
-        if _autocast_on(device_type):
+        if autocast_enabled(device_type):
             with torch.autocast(device_type=device_type, enabled=False):
                 return self._deform_conv(x, torch.float32)
         if x.dtype in (torch.float32, torch.float64, torch.float16):

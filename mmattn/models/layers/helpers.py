@@ -5,6 +5,8 @@ from typing import Optional, Sequence, Union
 import torch
 from mmcv.cnn import build_activation_layer, build_norm_layer
 
+from mmattn.utils.torch_compat import is_capturing
+
 
 def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None,
                    round_limit: float = 0.9) -> int:
@@ -153,7 +155,7 @@ def check_input(module: torch.nn.Module, x, channels: Optional[int] = None,
     Called at the top of every forward so a wrong feature map fails here, not deep in torch.
     Cheap: it reads only ``x.shape``; skipped while tracing/exporting to keep graphs clean.
     """
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if is_capturing():
         return
     name = type(module).__name__
     if not isinstance(x, torch.Tensor):

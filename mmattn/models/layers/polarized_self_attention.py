@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
+from mmattn.utils.torch_compat import autocast_dtype, autocast_enabled
 
 from .helpers import check_choice, check_input, check_int, softmax_float32
 
@@ -21,9 +22,9 @@ def _mat(conv: nn.Conv2d) -> torch.Tensor:
 def _autocast_dtype(*tensors: torch.Tensor):
     """The tensors in the dtype autocast would give a matmul here (themselves otherwise)."""
     device = tensors[0].device.type
-    if not torch.is_autocast_enabled(device):
+    if not autocast_enabled(device):
         return tensors
-    dtype = torch.get_autocast_dtype(device)
+    dtype = autocast_dtype(device)
     return tuple(t.to(dtype) for t in tensors)
 
 

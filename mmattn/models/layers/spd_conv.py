@@ -8,6 +8,8 @@ from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
+from mmattn.utils.torch_compat import is_capturing
+
 from .helpers import act_cfg_from_name, check_bool, check_input, check_int
 
 __all__ = ['SPDConv', 'space_to_depth', 'depth_to_space']
@@ -16,7 +18,7 @@ __all__ = ['SPDConv', 'space_to_depth', 'depth_to_space']
 def _shape_checks_off() -> bool:
     """True while scripting/tracing/compiling/exporting: shape checks are skipped there (as in
     ``check_input``) so they add no guards to a captured graph."""
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+    return is_capturing()
 
 
 def space_to_depth(x: torch.Tensor, scale: int = 2) -> torch.Tensor:
