@@ -1,9 +1,12 @@
-"""A toy mmengine Runner shared by the checkpoint tests (tests/test_foundation and
-tests/test_reliability): a linear model on 12 random samples, seeded, deterministic."""
+"""A toy Runner shared by the checkpoint tests (tests/test_foundation and tests/test_reliability):
+a linear model on 12 random samples, seeded, deterministic. It is mmattn's ``ResumableRunner``
+(what the shipped configs select), unless a test asks for mmengine's own ``Runner``."""
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
+
+from mmattn.engine import ResumableRunner
 from torch.utils.data import Dataset
 
 
@@ -45,10 +48,12 @@ class StartIter(Hook):
         self.iter = runner.iter
 
 
-def toy_runner(work_dir, max_iters, *, dropout=0.0, interval=1, max_keep_ckpts=-1, **kwargs):
-    """A Runner training :class:`ToyModel`, checkpointing every ``interval`` iterations."""
+def toy_runner(work_dir, max_iters, *, dropout=0.0, interval=1, max_keep_ckpts=-1,
+               runner_cls=ResumableRunner, **kwargs):
+    """A ``runner_cls`` training :class:`ToyModel`, checkpointing every ``interval``
+    iterations."""
     torch.manual_seed(0)  # same initial weights in every run
-    return Runner(
+    return runner_cls(
         model=ToyModel(dropout),
         work_dir=str(work_dir),
         train_dataloader=dict(dataset=ToyData(), sampler=dict(type='DefaultSampler', shuffle=True),

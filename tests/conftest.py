@@ -10,6 +10,8 @@ _CORES = min(2, os.cpu_count() or 1)
 def pytest_configure(config):
     config.addinivalue_line(
         'markers', 'slow: end-to-end runs (training, multi-process); select with -m slow')
+    config.addinivalue_line(
+        'markers', 'demo_short: the short demo trainings the oldest-stack run includes')
 
 
 @pytest.fixture(autouse=True)

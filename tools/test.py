@@ -1,10 +1,11 @@
-"""Evaluate a checkpoint of a segmentation (mmseg) or pose (mmpose) config.
+"""Evaluate a checkpoint of a segmentation (mmseg), pose (mmpose) or detection (mmdet) config.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE] [--show-dir DIR] \
         [--tta] [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
 
 The same flags as mmseg's and mmpose's tools/test.py; the task is read from the config's
-``default_scope``. Prints the metrics (mIoU for segmentation, COCO AP for pose).
+``default_scope``, and a config's ``runner_type`` is honoured. Prints the metrics (mIoU for
+segmentation, COCO AP for pose and detection) and writes them to WORK_DIR/metrics.json.
 """
 import argparse
 import json
@@ -12,7 +13,6 @@ import os.path as osp
 
 import numpy as np
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
 
 
 def parse_args():
@@ -48,15 +48,9 @@ def enable_show_dir(cfg: Config, task: str, show_dir: str) -> None:
 
 
 def build_cfg(args) -> Config:
-    from mmattn.utils import fix_dataloaders, setup_distributed, task_of
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    from mmattn.utils import fix_dataloaders, load_config, setup_distributed, task_of
+    cfg = load_config(args.config, args.cfg_options, args.work_dir)
     task = task_of(cfg)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_show_dir(cfg, task, args.show_dir)
@@ -79,14 +73,14 @@ def build_cfg(args) -> Config:
 
 def main():
     args = parse_args()
-    from mmattn.utils import (exit_on_user_error, local_rank_env, preflight,
+    from mmattn.utils import (build_runner, exit_on_user_error, local_rank_env, preflight,
                               teardown_distributed)
     local_rank_env(args.local_rank)
-    import mmattn  # noqa: F401  (registers modules, applies compatibility fixes)
-    cfg = build_cfg(args)
-    with exit_on_user_error():  # a damaged checkpoint or dataset: one message
+    import mmattn  # noqa: F401  (registers the modules and engine components)
+    with exit_on_user_error():  # a bad config, damaged checkpoint or dataset: one message
+        cfg = build_cfg(args)
         preflight(cfg, ('test_dataloader', ))
-        runner = Runner.from_cfg(cfg)
+        runner = build_runner(cfg)
         metrics = runner.test()
     metrics = {k: round(float(v), 4) if isinstance(v, (int, float, np.number)) else v
                for k, v in metrics.items()}

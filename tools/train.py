@@ -1,16 +1,15 @@
-"""Train a segmentation (mmseg) or pose (mmpose) config with mmengine's Runner.
+"""Train a segmentation (mmseg), pose (mmpose) or detection (mmdet) config.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] \
         [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
 
 The same flags as mmseg's and mmpose's tools/train.py; the task is read from the config's
-``default_scope``. Multi-process: tools/dist_train.sh CONFIG NUM_PROCS (CPU-only machines too).
+``default_scope``, and a config's ``runner_type`` is honoured. Multi-process:
+tools/dist_train.sh CONFIG NUM_PROCS (CPU-only machines too).
 """
 import argparse
-import os.path as osp
 
-from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
+from mmengine.config import DictAction
 
 
 def parse_args():
@@ -38,16 +37,9 @@ def parse_args():
     return parser.parse_args()
 
 
-def build_cfg(args) -> Config:
-    from mmattn.utils import enable_amp, fix_dataloaders, setup_distributed, task_of
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    task_of(cfg)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+def build_cfg(args):
+    from mmattn.utils import enable_amp, fix_dataloaders, load_config, setup_distributed
+    cfg = load_config(args.config, args.cfg_options, args.work_dir)
     if args.amp:
         enable_amp(cfg)
     if args.resume == 'auto':
@@ -70,14 +62,14 @@ def build_cfg(args) -> Config:
 
 def main():
     args = parse_args()
-    from mmattn.utils import (exit_on_user_error, local_rank_env, preflight,
+    from mmattn.utils import (build_runner, exit_on_user_error, local_rank_env, preflight,
                               teardown_distributed)
     local_rank_env(args.local_rank)
-    import mmattn  # noqa: F401  (registers modules, applies compatibility fixes)
-    cfg = build_cfg(args)
-    with exit_on_user_error():  # broken data or checkpoints: one message, not at iteration N
+    import mmattn  # noqa: F401  (registers the modules and engine components)
+    with exit_on_user_error():  # a bad config, data or checkpoint: one message, not a traceback
+        cfg = build_cfg(args)
         preflight(cfg, ('train_dataloader', 'val_dataloader'), check_data=not args.no_data_check)
-        runner = Runner.from_cfg(cfg)
+        runner = build_runner(cfg)
         runner.train()
     del runner  # before the process group goes (see teardown_distributed)
     teardown_distributed()

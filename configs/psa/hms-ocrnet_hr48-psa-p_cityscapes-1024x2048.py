@@ -12,7 +12,10 @@ _base_ = [
     'mmseg::_base_/datasets/cityscapes.py', 'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_160k.py'
 ]
-custom_imports = dict(imports=['mmattn'], allow_failed_imports=False)
+# mmattn.models.segmentors: the mmseg-only parts (segmentor, heads); plain `mmattn` stays light
+custom_imports = dict(
+    imports=['mmattn', 'mmattn.models.segmentors'], allow_failed_imports=False)
+runner_type = 'ResumableRunner'  # atomic checkpoints, exact resume (mmattn.engine)
 
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 crop_size = (512, 1024)

@@ -1,5 +1,5 @@
 # OCRNet HRNetV2-W48 + Polarized Self-Attention (PSA_s, sequential) in the released placement:
-# every BasicBlock of HRNet stages 2-4, after conv1-bn1-relu (SPEC 2.1).
+# every BasicBlock of HRNet stages 2-4, after conv1-bn1-relu, as in DeLightCMU/PSA `network/hrnetv2.py`.
 _base_ = './ocrnet_hr48_4xb2-160k_cityscapes-512x1024.py'
 model = dict(
     backbone=dict(

@@ -1,3 +1,5 @@
 # Baseline: mmpose's UDP-Pose HRNet-W48 256x192, unchanged.
 _base_ = 'mmpose::body_2d_keypoint/topdown_heatmap/coco/td-hm_hrnet-w48_udp-8xb32-210e_coco-256x192.py'
 custom_imports = dict(imports=['mmattn'], allow_failed_imports=False)
+# atomic checkpoints, resume from the last complete one, random states saved (mmattn.engine)
+runner_type = 'ResumableRunner'

@@ -270,9 +270,11 @@ def check_against_model(converted: Dict[str, torch.Tensor], model: torch.nn.Modu
 
 def default_config(variant: str, root: Optional[str] = None) -> str:
     """Path of the evaluation config for ``variant`` in the repository ``root`` (default: the
-    checkout this package lives in)."""
-    root = root or osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-    return osp.join(root, CONFIGS[variant])
+    shipped configs, of the installed package or of the checkout)."""
+    if root is not None:
+        return osp.join(root, CONFIGS[variant])
+    from mmattn.utils.paths import configs_root
+    return osp.join(configs_root(), CONFIGS[variant][len('configs/'):])
 
 
 def build_model(config: str) -> torch.nn.Module:

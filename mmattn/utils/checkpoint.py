@@ -12,15 +12,14 @@
   ``last_checkpoint`` names if it is complete, else the newest complete ``iter_*.pth`` /
   ``epoch_*.pth`` of the work dir (with a warning).
 
-``compat.apply()`` (run on ``import mmattn``) routes mmengine's own saving, loading and
-auto-resume through these functions.
+:class:`~mmattn.engine.ResumableRunner` and :class:`~mmattn.engine.AtomicCheckpointHook` (selected
+by a config's ``runner_type``) route the Runner's saving and auto-resume through these functions.
 """
 import io
 import logging
 import os
 import os.path as osp
 import re
-import time
 import zipfile
 import zlib
 from typing import List, Optional
@@ -31,12 +30,8 @@ from mmengine.logging import print_log
 __all__ = [
     'CheckpointError', 'CheckpointNotFoundError', 'checkpoint_problem', 'check_checkpoint_file',
     'load_checkpoint_file', 'save_checkpoint_atomic', 'write_text_atomic',
-    'find_last_complete_checkpoint', 'TEST_WRITE_DELAY_ENV'
+    'find_last_complete_checkpoint', 'temporary_path', 'commit_file', 'discard'
 ]
-
-#: Test-only: seconds to pause in the middle of writing a checkpoint (half the bytes are in the
-#: temporary file), so that a test can kill the process *during* a checkpoint write.
-TEST_WRITE_DELAY_ENV = 'MMATTN_TEST_CHECKPOINT_WRITE_DELAY'
 
 _TMP_MARK = '.tmp-'
 _STEP_CKPT = re.compile(r'^(iter|epoch)_(\d+)\.pth$')
@@ -176,37 +171,45 @@ def _remove_stale_tmp(path: str) -> None:
                 pass
 
 
-def _write_atomic(data, path: str) -> None:
-    """Write ``data`` (bytes-like) to ``path``: temp file in the same directory, fsync,
-    ``os.replace``, fsync of the directory."""
+def temporary_path(path: str) -> str:
+    """Where an atomic write of ``path`` puts its bytes before :func:`commit_file` renames them
+    into place: a hidden file in the same directory (same filesystem, so the rename is atomic),
+    named after this process so concurrent writers never share one."""
+    return _tmp_name(osp.abspath(osp.expanduser(path)))
+
+
+def commit_file(tmp: str, path: str) -> None:
+    """Make the complete file ``tmp`` appear as ``path`` in one step: fsync it, ``os.replace``,
+    fsync the directory, and remove temporary files that killed earlier writes left behind."""
     path = osp.abspath(osp.expanduser(path))
-    directory = osp.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = _tmp_name(path)
-    delay = float(os.environ.get(TEST_WRITE_DELAY_ENV, '0') or 0)
+    with open(tmp, 'rb') as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(osp.dirname(path))
+    _remove_stale_tmp(path)
+
+
+def discard(tmp: str) -> None:
+    """Remove the temporary file of a write that failed (nothing if it is not there)."""
+    try:
+        os.remove(tmp)
+    except OSError:
+        pass
+
+
+def _write_atomic(data, path: str) -> None:
+    """Write ``data`` (bytes-like) to ``path``: temporary file in the same directory, then
+    :func:`commit_file`."""
+    path = osp.abspath(osp.expanduser(path))
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    tmp = temporary_path(path)
     try:
         with open(tmp, 'wb') as f:
-            view = memoryview(data)
-            if delay > 0:  # test hook: stop half way, with half the bytes on disk
-                half = len(view) // 2
-                f.write(view[:half])
-                f.flush()
-                os.fsync(f.fileno())
-                time.sleep(delay)
-                f.write(view[half:])
-            else:
-                f.write(view)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            f.write(memoryview(data))
+        commit_file(tmp, path)
     except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+        discard(tmp)
         raise
-    _fsync_dir(directory)
-    _remove_stale_tmp(path)
 
 
 def save_checkpoint_atomic(checkpoint, path: str) -> None:

@@ -1,5 +1,5 @@
-"""What tools/train.py and tools/test.py share: task detection, CPU-only distributed set-up,
-config rewrites a flag asks for, checks before a run."""
+"""What tools/train.py and tools/test.py share: loading the config, task detection, building the
+runner, CPU-only distributed set-up, config rewrites a flag asks for, checks before a run."""
 import contextlib
 import gc
 import os
@@ -14,13 +14,43 @@ from mmengine.logging import print_log
 TASKS = ('mmseg', 'mmpose', 'mmdet')
 
 
+class ConfigError(ValueError):
+    """A config the tools cannot run; the message says why in one line."""
+
+
 def task_of(cfg: Config) -> str:
     """'mmseg', 'mmpose' or 'mmdet', from the config's ``default_scope``."""
     scope = cfg.get('default_scope')
     if scope not in TASKS:
-        raise ValueError(f"config default_scope is {scope!r}; mmattn's tools run configs of "
-                         f"{TASKS} (inherit from one of their configs, which set it)")
+        raise ConfigError(f"config default_scope is {scope!r}; mmattn's tools run configs of "
+                          f"{', '.join(TASKS)} (inherit from one of their configs, which set "
+                          f"it); mmattn's modules still work in any OpenMMLab config through "
+                          f"custom_imports=dict(imports=['mmattn'])")
     return scope
+
+
+def load_config(path: str, cfg_options=None, work_dir=None) -> Config:
+    """The config at ``path`` with ``--cfg-options`` merged, its task checked, and ``work_dir``
+    set as mmseg's tools set it (the flag, else the config's, else ``./work_dirs/<name>``)."""
+    cfg = Config.fromfile(path)
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    task_of(cfg)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = os.path.join('./work_dirs', os.path.splitext(os.path.basename(path))[0])
+    return cfg
+
+
+def build_runner(cfg: Config):
+    """A Runner from ``cfg``: through the ``RUNNERS`` registry when the config names a
+    ``runner_type`` (e.g. mmattn's ``ResumableRunner``), else mmengine's ``Runner``."""
+    if 'runner_type' not in cfg:
+        from mmengine.runner import Runner
+        return Runner.from_cfg(cfg)
+    from mmengine.registry import RUNNERS
+    return RUNNERS.build(cfg)
 
 
 def replace_in_cfg(node: Any, key: str, old: Any, new: Any) -> int:
@@ -67,18 +97,19 @@ def setup_distributed(cfg: Config, launcher: str) -> None:
 
 def enable_amp(cfg: Config) -> None:
     """``--amp``: mixed precision with mmengine's AmpOptimWrapper (float16 with dynamic loss
-    scaling on CUDA, bfloat16 on CPU, where float16 kernels are missing and no scaling is
-    needed)."""
+    scaling on CUDA), or on a CPU-only machine mmattn's ``PortableAmpOptimWrapper`` (bfloat16:
+    CPU float16 kernels are missing, and bfloat16 needs no loss scaling)."""
     optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-    if optim_wrapper == 'AmpOptimWrapper':
+    if optim_wrapper in ('AmpOptimWrapper', 'PortableAmpOptimWrapper'):
         print_log('AMP training is already enabled in your config.', logger='current')
         return
     if optim_wrapper != 'OptimWrapper':
         raise ValueError(f'--amp supports optim_wrapper type OptimWrapper, got {optim_wrapper}')
-    cfg.optim_wrapper.type = 'AmpOptimWrapper'
     if torch.cuda.is_available():
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    else:
+    else:  # mmengine's AmpOptimWrapper needs a GPU
+        cfg.optim_wrapper.type = 'PortableAmpOptimWrapper'
         cfg.optim_wrapper.dtype = 'bfloat16'
 
 
@@ -107,7 +138,7 @@ def exit_on_user_error():
     from mmattn.utils.checkpoint import CheckpointError
     try:
         yield
-    except (CheckpointError, DatasetError) as error:
+    except (CheckpointError, DatasetError, ConfigError) as error:
         sys.exit(f'{type(error).__name__}: {error}')
 
 

@@ -10,10 +10,11 @@ import pathlib
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.runner import Runner
+from mmengine.registry import DefaultScope
 
 import mmattn  # noqa: F401
 from mmattn.datasets import make_tiny_cityscapes, make_tiny_coco
+from mmattn.utils import build_runner
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (ROOT / 'configs').rglob('*.py') if '_base_' not in p.parts)
@@ -91,11 +92,34 @@ def test_every_config_is_collected():
     assert 'td-hm_hrnet-w48-psa-s_udp-8xb32-210e_coco-384x288.py' in names
 
 
+def _registry_of(scope):
+    import importlib
+    return importlib.import_module(f'{scope}.registry').MODELS
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_builds_its_model_with_the_attention_it_names(path):
+    """Each config parses, imports what its custom_imports name, and builds its full model; the
+    attention plugins and necks it adds are there (counted by the modules' registered names)."""
+    cfg = Config.fromfile(str(path))
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.pop('pretrained', None)
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = _registry_of(cfg.default_scope).build(model_cfg)
+    plugins = getattr(model.backbone, 'attention_plugins', [])
+    text = path.read_text()
+    if 'AttentionBackbone' in text or 'plugins=' in text:
+        assert plugins or any('Attention' in type(m).__name__ or type(m).__name__ in (
+            'CBAM', 'GlobalContextBlock') for m in model.backbone.modules()), path.name
+    if 'AttentionNeck' in text:
+        assert any(type(m).__name__ == 'AttentionNeck' for m in model.modules()), path.name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('path', CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_trains_one_iteration_and_evaluates(path, tiny_data, tmp_path):
     cfg = _tiny_cfg(path, tiny_data, tmp_path)
-    runner = Runner.from_cfg(copy.deepcopy(cfg))
+    runner = build_runner(copy.deepcopy(cfg))  # as tools/train.py (the configs' runner_type)
     weights_before = {k: v.clone() for k, v in runner.model.state_dict().items()
                       if v.dtype.is_floating_point}
     runner.train()

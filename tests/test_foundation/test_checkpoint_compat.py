@@ -1,19 +1,35 @@
-"""Checkpoints with mmengine metadata load under torch 2.13's ``weights_only`` default.
+"""Checkpoints with mmengine metadata load with mmengine's own API and Runner on every torch.
 
-Without mmattn's fix, ``load_checkpoint`` and ``Runner.resume`` of a checkpoint written by
-mmengine itself fail with "Weights only load failed" on torch >= 2.6.
+On torch >= 2.6 with an mmengine whose local loader calls plain ``torch.load`` (0.10.x),
+``load_checkpoint`` and ``Runner.resume`` of a checkpoint written by mmengine itself fail with
+"Weights only load failed"; ``import mmattn`` registers the local loader again for exactly that
+combination (and for no other).
 """
 import numpy as np
 import pytest
 import torch
 from _toy_runner import StartIter, ToyModel, toy_runner
-from mmengine.runner import load_checkpoint, save_checkpoint
+from mmengine.runner import Runner, load_checkpoint, save_checkpoint
+from mmengine.runner.checkpoint import CheckpointLoader
 
-import mmattn  # noqa: F401  (applies the fix)
+import mmattn  # noqa: F401  (applies the fix where it is needed)
+from mmattn.compat import needs_local_loader_fix
+from mmattn.utils.torch_compat import TORCH_VERSION
 
 
 def _runner(work_dir, max_iters, **kwargs):
-    return toy_runner(work_dir, max_iters, interval=2, **kwargs)
+    # mmengine's own Runner: the fix is for mmengine's API, not for mmattn's runner
+    return toy_runner(work_dir, max_iters, interval=2, runner_cls=Runner, **kwargs)
+
+
+def test_the_fix_is_registered_exactly_where_needed():
+    local_loader = CheckpointLoader._schemes['']
+    if TORCH_VERSION < (2, 6):
+        assert not needs_local_loader_fix()
+    if needs_local_loader_fix():
+        assert local_loader.__module__ == 'mmattn.compat'
+    else:
+        assert local_loader.__module__ == 'mmengine.runner.checkpoint'
 
 
 def test_save_checkpoint_with_metadata_loads(tmp_path):
@@ -22,9 +38,10 @@ def test_save_checkpoint_with_metadata_loads(tmp_path):
                 nested=dict(classes=('a', 'b')))
     path = tmp_path / 'meta.pth'
     save_checkpoint(dict(state_dict=model.state_dict(), meta=meta), str(path))
-    # the stock torch.load default refuses this file: the fix is what makes it load
-    with pytest.raises(Exception, match='[Ww]eights only load failed'):
-        torch.load(str(path))
+    if needs_local_loader_fix():
+        # the stock torch.load default refuses this file: the fix is what makes it load
+        with pytest.raises(Exception, match='[Ww]eights only load failed'):
+            torch.load(str(path))
     other = ToyModel()
     ckpt = load_checkpoint(other, str(path), map_location='cpu')
     assert ckpt['meta']['np_scalar'] == 0.5

@@ -11,8 +11,9 @@ from mmengine.registry import DefaultScope
 from mmengine.structures import PixelData
 
 import mmattn  # noqa: F401
-from mmattn.models import (HierarchicalMultiScaleSegmentor, MscaleOCRHead, ScaleAttentionHead,
-                           hierarchical_fusion, two_scale_fusion)
+from mmattn.models.segmentors import (HierarchicalMultiScaleSegmentor, MscaleOCRHead,
+                                     ScaleAttentionHead, hierarchical_fusion,
+                                     two_scale_fusion)
 
 NUM_CLASSES = 4
 CHANNELS = (8, 16, 32, 64)

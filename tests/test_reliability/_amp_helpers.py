@@ -5,9 +5,7 @@ import math
 import pathlib
 
 import torch
-from mmengine.runner import Runner
-
-from mmattn.utils import enable_amp
+from mmattn.utils import build_runner, enable_amp
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -38,12 +36,12 @@ def train_one_amp_iteration(path, data, work_dir):
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     cfg.test_cfg = cfg.test_dataloader = cfg.test_evaluator = None
     enable_amp(cfg)  # what tools/train.py --amp does
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg)  # as tools/train.py builds it (the configs' runner_type)
     seen = set()
     conv = next(m for m in runner.model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     conv.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
     runner.train()
-    assert type(runner.optim_wrapper).__name__ == 'AmpOptimWrapper'
+    assert type(runner.optim_wrapper).__name__ == 'PortableAmpOptimWrapper'
     assert seen == {torch.bfloat16}, f'{path.name}: autocast not active (conv outputs {seen})'
     losses = {k: v.current() for k, v in runner.message_hub.log_scalars.items()
               if k.startswith('train/') and 'loss' in k}

@@ -46,14 +46,19 @@ def pose_options(coco: dict, max_epochs: int, val_interval: int = 1) -> list:
     return options + DETERMINISTIC
 
 
-def train_cmd(config, work_dir, options, *extra) -> list:
-    return [sys.executable, str(ROOT / 'tools/train.py'), str(config), '--work-dir',
-            str(work_dir), *extra, '--cfg-options', *options]
+def train_cmd(config, work_dir, options, *extra, pause_writes: float = 0) -> list:
+    """tools/train.py's command line; with ``pause_writes`` every checkpoint write stops half
+    way for that many seconds (test-only fault injection, _pause_checkpoint_writes.py)."""
+    cmd = [sys.executable]
+    if pause_writes:
+        cmd += [str(pathlib.Path(__file__).with_name('_pause_checkpoint_writes.py')),
+                str(pause_writes)]
+    return cmd + [str(ROOT / 'tools/train.py'), str(config), '--work-dir', str(work_dir),
+                  *extra, '--cfg-options', *options]
 
 
 def _env(extra_env=None):
     env = dict(os.environ)
-    env.pop('MMATTN_TEST_CHECKPOINT_WRITE_DELAY', None)
     # one intra-op thread: on a shared 2-core machine OpenMP threads spinning against other
     # processes make small convolutions 100x slower; every run of a comparison uses the same
     env['OMP_NUM_THREADS'] = '1'
@@ -71,12 +76,14 @@ def run_train(config, work_dir, options, *extra, env=None, timeout=300) -> str:
     return proc.stdout
 
 
-def run_and_kill(config, work_dir, options, ready, *extra, env=None, timeout=300) -> str:
+def run_and_kill(config, work_dir, options, ready, *extra, env=None, timeout=300,
+                 pause_writes: float = 0) -> str:
     """Start tools/train.py, SIGKILL it as soon as ``ready(work_dir)`` is true; return the
     output. Fails if the run ended on its own before that."""
     log = pathlib.Path(str(work_dir) + '.log')
     with open(log, 'w') as out:
-        proc = subprocess.Popen(train_cmd(config, work_dir, options, *extra), cwd=ROOT,
+        proc = subprocess.Popen(train_cmd(config, work_dir, options, *extra,
+                                          pause_writes=pause_writes), cwd=ROOT,
                                 env=_env(env), stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         try:

@@ -1,6 +1,6 @@
 """``tools/train.py --amp`` trains the segmentation and the pose demo configs on a CPU-only
-machine (mmengine 0.10.7's AmpOptimWrapper asserts a GPU; mmattn's compat fix runs it with
-bfloat16 autocast and no loss scaling)."""
+machine (mmengine 0.10.7's AmpOptimWrapper asserts a GPU; ``--amp`` selects mmattn's
+PortableAmpOptimWrapper there, which runs bfloat16 autocast with no loss scaling)."""
 import math
 import re
 
@@ -12,7 +12,7 @@ from mmattn.datasets import make_tiny_cityscapes, make_tiny_coco
 
 
 def _check(output, last_step):
-    assert "type='AmpOptimWrapper'" in output and "dtype='bfloat16'" in output
+    assert "type='PortableAmpOptimWrapper'" in output and "dtype='bfloat16'" in output
     assert last_step in output, output[-3000:]
     losses = [float(v) for v in re.findall(r'\bloss: ([-+0-9.eE]+|nan|inf)', output)]
     assert losses and all(math.isfinite(v) for v in losses), losses

@@ -8,7 +8,6 @@ from _train_helpers import (POSE_CONFIG, assert_killed_in_write, complete_checkp
                             pose_options, resume_and_compare, run_and_kill, run_train, writing)
 
 from mmattn.datasets import make_tiny_coco
-from mmattn.utils.checkpoint import TEST_WRITE_DELAY_ENV
 
 MAX_EPOCHS = 3
 
@@ -39,7 +38,7 @@ def test_killed_while_writing_a_checkpoint_resumes_to_identical_weights(setup):
     root, options = setup
     work_dir = root / 'killed_in_write'
     run_and_kill(POSE_CONFIG, work_dir, options, writing('epoch_2.pth'),
-                 env={TEST_WRITE_DELAY_ENV: '5'})
+                 pause_writes=5)
     assert_killed_in_write(work_dir, 'epoch_2.pth', 'epoch_1.pth')
     assert resume_and_compare(POSE_CONFIG, root, work_dir, options,
                               f'epoch_{MAX_EPOCHS}.pth') == 2

@@ -6,7 +6,6 @@ from _train_helpers import (SEG_CONFIG, assert_killed_in_write, complete_checkpo
                             resume_and_compare, run_and_kill, run_train, seg_options, writing)
 
 from mmattn.datasets import make_tiny_cityscapes
-from mmattn.utils.checkpoint import TEST_WRITE_DELAY_ENV
 
 MAX_ITERS = 4
 
@@ -36,9 +35,9 @@ def test_killed_after_a_checkpoint_resumes_to_identical_weights(setup):
 def test_killed_while_writing_a_checkpoint_resumes_to_identical_weights(setup):
     root, options = setup
     work_dir = root / 'killed_in_write'
-    # the test-only hook pauses each checkpoint write half way; kill during iter_2's write
+    # each checkpoint write pauses half way (test-only fault injection); kill in iter_2's write
     run_and_kill(SEG_CONFIG, work_dir, options, writing('iter_2.pth'), '--no-validate',
-                 env={TEST_WRITE_DELAY_ENV: '5'})
+                 pause_writes=5)
     # never a partial file under the final name, and the pointer names a complete checkpoint
     assert_killed_in_write(work_dir, 'iter_2.pth', 'iter_1.pth')
     assert resume_and_compare(SEG_CONFIG, root, work_dir, options, f'iter_{MAX_ITERS}.pth',

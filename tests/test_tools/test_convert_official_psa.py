@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from mmengine.config import Config
 
 import mmattn  # noqa: F401
+import mmattn.models.segmentors  # noqa: F401  (the mmseg-only parts the configs import)
 from mmattn.convert import official_psa
 from mmattn.convert.official_psa import (ConversionError, build_model, check_against_model,
                                          convert_state_dict, detect_variant,
@@ -371,7 +372,8 @@ def tiny_config(variant):
     chans = list(TINY['stage4']['num_channels'])
     return dict(
         default_scope='mmseg',
-        custom_imports=dict(imports=['mmattn'], allow_failed_imports=False),
+        custom_imports=dict(imports=['mmattn', 'mmattn.models.segmentors'],
+                            allow_failed_imports=False),
         model=dict(
             type='HierarchicalMultiScaleSegmentor',
             data_preprocessor=dict(type='SegDataPreProcessor', mean=[0., 0., 0.],

@@ -1,3 +1,4 @@
+from .checkpoint_hook import AtomicCheckpointHook  # noqa: F401
 from .random_state import ResumableRandomStateHook  # noqa: F401
 
-__all__ = ['ResumableRandomStateHook']
+__all__ = ['AtomicCheckpointHook', 'ResumableRandomStateHook']

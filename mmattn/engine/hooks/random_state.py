@@ -3,9 +3,9 @@
 mmengine resumes weights, optimizer, schedulers and the data order, but not the global RNG
 streams (Python ``random``, NumPy, torch): after ``--resume`` the data augmentations of an
 epoch-based loop and the dropout masks of every loop draw different numbers than the
-uninterrupted run would have. With this hook (added to every Runner on ``import mmattn``) a run
-killed and resumed finishes with the same weights as an uninterrupted run on CPU in
-deterministic mode.
+uninterrupted run would have. With this hook (registered by ``ResumableRunner``, or listed in a
+config's ``custom_hooks``) a run killed and resumed finishes with the same weights as an
+uninterrupted run on CPU in deterministic mode.
 
 * ``before_save_checkpoint``: ``checkpoint['rng_state']`` = the three (four with CUDA) states.
 * on resume (``after_load_checkpoint`` while the runner resumes), the states are restored at

@@ -8,7 +8,6 @@ from mmcv.ops import ModulatedDeformConv2dPack
 from mmcv.ops.modulated_deform_conv import modulated_deform_conv2d
 from mmengine.model import BaseModule
 
-from mmattn.registry import MODELS
 from mmattn.utils.torch_compat import autocast_enabled
 
 from .helpers import check_bool, check_input, check_int
@@ -28,7 +27,6 @@ def _pair_arg(name: str, value, minimum: int, owner: str) -> Tuple[int, int]:
     return (value, value)
 
 
-@MODELS.register_module()
 class DeformableConvV2(ModulatedDeformConv2dPack, BaseModule):
     """Modulated deformable convolution, DCNv2 (Zhu et al., "Deformable ConvNets v2: More
     Deformable, Better Results", CVPR 2019, arXiv 1811.11168), computed by mmcv's
