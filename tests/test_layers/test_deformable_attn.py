@@ -64,8 +64,13 @@ def _plain_offsets(mod, q):
     return torch.einsum('oc,bchw->bohw', p['conv_offset.3.weight'][:, :, 0, 0], t)
 
 
-def _plain_reference(n):
-    """Reference coordinates along an n-long key axis: -1 + 2 i / (n - 1); 0 when n == 1."""
+def _plain_reference(n, grid='aligned'):
+    """Reference coordinates along an n-long key axis: -1 + 2 i / (n - 1), 0 when n == 1
+    (``'aligned'``); or as the released DAT++ ``_get_ref_points`` writes them
+    (``'released'``): ``linspace(0.5, n - 0.5, n)``, divided by ``n - 1``, times 2, minus 1."""
+    if grid == 'released':
+        assert n > 1, 'the released grid divides by n - 1'
+        return torch.linspace(0.5, n - 0.5, n, dtype=torch.float64).div(n - 1.0).mul(2.0) - 1.0
     if n == 1:
         return torch.zeros(1, dtype=torch.float64)
     return torch.tensor([-1 + 2 * i / (n - 1) for i in range(n)], dtype=torch.float64)
@@ -75,8 +80,8 @@ def _plain_positions(mod, q):
     """Sampling positions (py, px), each (N*G, Hk, Wk), normalised to [-1, 1] by corners."""
     off = _plain_offsets(mod, q)
     hk, wk = off.shape[-2:]
-    ry = _plain_reference(hk)[:, None]
-    rx = _plain_reference(wk)[None, :]
+    ry = _plain_reference(hk, mod.reference_grid)[:, None]
+    rx = _plain_reference(wk, mod.reference_grid)[None, :]
     s = mod.offset_range_factor
     if s is None:
         return (ry + off[:, 0]).clamp(-1, 1), (rx + off[:, 1]).clamp(-1, 1)
@@ -160,6 +165,15 @@ EQUALITY_CASES = {
                     hw=(7, 6)),
     # defaults of stride/kernel/factor/feat_size, no bias
     'defaults_no_pe': dict(kw=dict(in_channels=8, use_pe=False), hw=(12, 10)),
+    # DAT++'s reference grid, with a stretched table and 2 groups (a released block's layout)
+    'released_grid': dict(kw=dict(in_channels=16, num_heads=2, num_groups=2, offset_stride=2,
+                                  offset_kernel_size=3, feat_size=(5, 4),
+                                  reference_grid='released'), hw=(7, 6)),
+    # DAT++'s grid with the stage-2 setting (kernel 7, stride 4), map == feat_size
+    'released_grid_stage2': dict(kw=dict(in_channels=16, num_heads=4, num_groups=2,
+                                         offset_stride=4, offset_kernel_size=7,
+                                         offset_range_factor=1.0, feat_size=(12, 8),
+                                         reference_grid='released'), hw=(12, 8)),
 }
 
 
@@ -205,6 +219,30 @@ def test_zero_offsets_sample_at_reference_grid():
                                atol=1e-15)
     torch.testing.assert_close(reference[0, 0, :, :, 0], rx[None, :].expand(4, 3), rtol=0,
                                atol=1e-15)
+
+
+def test_released_reference_grid_is_half_a_step_off():
+    mod = _module(in_channels=16, num_heads=2, num_groups=2, offset_stride=2,
+                  offset_kernel_size=3, reference_grid='released')
+    aligned = _module(in_channels=16, num_heads=2, num_groups=2, offset_stride=2,
+                      offset_kernel_size=3)
+    x = _x(16, 7, 6)
+    with torch.no_grad():
+        reference, _ = mod.sampling_points(x)
+        reference_aligned, _ = aligned.sampling_points(x)
+        assert (mod(x) - aligned(x)).abs().max() > 1e-3  # same weights: the grid matters
+    # Hk = 4: (i + 0.5) / 3 * 2 - 1; the last row lies outside the map
+    expected_y = torch.tensor([-2 / 3, 0., 2 / 3, 4 / 3], dtype=torch.float64)
+    torch.testing.assert_close(reference[0, 0, :, 0, 1], expected_y, rtol=0, atol=1e-15)
+    torch.testing.assert_close(reference[0, 0, 0, :, 0], _plain_reference(3, 'released'),
+                               rtol=0, atol=1e-15)
+    # half a step of the aligned grid (step 2 / (n - 1)) further down and right
+    torch.testing.assert_close(reference[..., 1] - reference_aligned[..., 1],
+                               torch.full_like(reference[..., 1], 1 / 3), rtol=0, atol=1e-15)
+    torch.testing.assert_close(reference[..., 0] - reference_aligned[..., 0],
+                               torch.full_like(reference[..., 0], 1 / 2), rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="reference_grid must be one of"):
+        DeformableAttention2d(16, reference_grid='dat++')
 
 
 def test_offset_channel_order_is_dy_dx():

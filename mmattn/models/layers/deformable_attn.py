@@ -9,17 +9,24 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from mmattn.registry import MODELS
-from .helpers import (build_act, check_bool, check_divisible, check_input, check_int,
-                      check_positive)
+from .helpers import (build_act, check_bool, check_choice, check_divisible, check_input,
+                      check_int, check_positive)
 
 __all__ = ['DeformableAttention2d']
 
 
-def _axis(n: int, device, dtype) -> torch.Tensor:
+def _axis(n: int, device, dtype, released: bool = False) -> torch.Tensor:
     """``n`` evenly spaced points from -1 to 1 (both ends included): the pixel centres of an
     ``n``-long axis in the normalised coordinates of ``grid_sample(align_corners=True)``.
-    A single point sits at 0, the centre of the map."""
-    return (torch.arange(n, device=device, dtype=dtype) * 2 - (n - 1)) / max(n - 1, 1)
+    A single point sits at 0, the centre of the map.
+
+    ``released=True``: DAT++'s reference points ``(i + 0.5) / (n - 1) * 2 - 1``, the same
+    spacing shifted by half a step (also 0 for a single point, where DAT++ divides by zero).
+    """
+    i = torch.arange(n, device=device, dtype=dtype)
+    if released:
+        return (i + 0.5) / max(n - 1, 1) * 2 - 1
+    return (i * 2 - (n - 1)) / max(n - 1, 1)
 
 
 class _ChannelNorm(nn.Module):
@@ -54,11 +61,13 @@ class DeformableAttention2d(BaseModule):
        groups): depthwise ``k x k`` conv with stride ``r`` (padding ``k // 2``; none when
        ``k == r``, as released) -> LayerNorm over channels -> GELU -> 1x1 conv to 2 channels
        ``(dy, dx)`` without bias. Its output size ``(Hk, Wk)`` is the key grid.
-    3. Reference points: the ``Hk x Wk`` grid spread evenly over the map with its corner
-       points on the corner pixels, ``ref_y[i] = -1 + 2 i / (Hk - 1)``,
-       ``ref_x[j] = -1 + 2 j / (Wk - 1)`` in ``grid_sample(align_corners=True)`` coordinates
-       (pixel ``p`` of an ``H``-long axis is at ``-1 + 2 p / (H - 1)``); a single row or column
-       sits at 0. With stride 1 the reference points are exactly the pixel centres.
+    3. Reference points (``reference_grid='aligned'``): the ``Hk x Wk`` grid spread evenly
+       over the map with its corner points on the corner pixels, ``ref_y[i] = -1 + 2 i /
+       (Hk - 1)``, ``ref_x[j] = -1 + 2 j / (Wk - 1)`` in ``grid_sample(align_corners=True)``
+       coordinates (pixel ``p`` of an ``H``-long axis is at ``-1 + 2 p / (H - 1)``); a single
+       row or column sits at 0. With stride 1 the reference points are exactly the pixel
+       centres. ``reference_grid='released'``: DAT++'s points ``ref_y[i] = (i + 0.5) / (Hk -
+       1) * 2 - 1`` (likewise ``ref_x``), half a step further down and right.
     4. Offsets: ``dy = s * tanh(dy) / (Hk - 1)``, ``dx = s * tanh(dx) / (Wk - 1)`` with
        ``s = offset_range_factor`` (``/ 1`` when ``Hk`` or ``Wk`` is 1). The reference step is
        ``2 / (Hk - 1)``, so **a sampling point moves at most ``s / 2`` reference-grid steps
@@ -101,6 +110,15 @@ class DeformableAttention2d(BaseModule):
             kernels 9/7/5/3 with strides 8/4/2/1).
         offset_range_factor (float, optional): ``s`` above; ``None`` for unbounded offsets with
             positions clamped to the map. Default: 2.0 (DAT v1, stages 3-4).
+        reference_grid (str): ``'aligned'`` or ``'released'`` (step 3). ``'released'`` puts the
+            reference points where the authors' ``DAttentionBaseline`` (LeapLabTHU/DAT
+            ``models/dat_blocks.py``) does, so that a released block's weights give the
+            release's outputs (the grid is the only difference). The default ``'aligned'`` is
+            the consistent grid: it uses the convention of the query grid and of the sampling,
+            so with stride 1 the points are the pixels and with any stride the grid is
+            centred on the map; DAT++'s grid is shifted half a step, so its last row and
+            column of points lie outside the map, where bilinear sampling reads zero padding
+            (before any offset). Default: 'aligned'.
         use_pe (bool): Add the relative position bias. Default: True.
         feat_size (int | tuple[int, int]): Map size ``(fh, fw)`` the bias table is built for
             (see above). Default: 32 (a 512 x 512 crop at stride 16).
@@ -121,8 +139,9 @@ class DeformableAttention2d(BaseModule):
           shifted half a grid step towards the bottom-right, so its last row and column of
           reference points lie outside the map. Here the points are ``-1 + 2 i / (Hk - 1)`` (the
           same convention as the query grid and the sampling, so stride 1 samples exactly the
-          pixels) and the scale is DAT++'s ``s / (Hk - 1)``: ``s`` keeps its released meaning
-          of a bound of ``s / 2`` grid steps. ``Hk == 1`` or ``H == 1`` give the centre instead
+          pixels; ``reference_grid='released'`` restores DAT++'s) and the scale is DAT++'s
+          ``s / (Hk - 1)``: ``s`` keeps its released meaning of a bound of ``s / 2`` grid
+          steps. ``Hk == 1`` or ``H == 1`` give the centre instead
           of a division by zero (inf/NaN in the released code).
         - ``no_off=True`` in v1 calls ``offset.fill(0.0)`` (no such tensor method; ``fill_``
           was meant). There is no ``no_off`` switch here; zero and freeze the offset network's
@@ -141,7 +160,7 @@ class DeformableAttention2d(BaseModule):
           never runs; the released init is therefore PyTorch's default, which is what is used.
         Parameter names (``proj_q/k/v/out``, ``conv_offset.{0,1.norm,3}``, ``rpe_table``)
         match the released module, so its weights load with ``feat_size`` set to its
-        ``q_size``.
+        ``q_size``; with ``reference_grid='released'`` they also give its outputs.
     """
     _abbr_ = 'dat'
 
@@ -152,6 +171,7 @@ class DeformableAttention2d(BaseModule):
                  offset_stride: int = 4,
                  offset_kernel_size: int = 7,
                  offset_range_factor: Optional[float] = 2.0,
+                 reference_grid: str = 'aligned',
                  use_pe: bool = True,
                  feat_size: Union[int, Sequence[int]] = 32,
                  qkv_bias: bool = True,
@@ -180,6 +200,7 @@ class DeformableAttention2d(BaseModule):
             check_positive('offset_range_factor', offset_range_factor, owner)
         for name, flag in (('use_pe', use_pe), ('qkv_bias', qkv_bias)):
             check_bool(name, flag, owner)
+        check_choice('reference_grid', reference_grid, ('aligned', 'released'), owner)
         if isinstance(feat_size, int) and not isinstance(feat_size, bool):
             feat_size = (feat_size, feat_size)
         if not isinstance(feat_size, (tuple, list)) or len(feat_size) != 2:
@@ -201,6 +222,7 @@ class DeformableAttention2d(BaseModule):
         self.offset_range_factor = (None if offset_range_factor is None else
                                     float(offset_range_factor))
         self.use_pe = use_pe
+        self.reference_grid = reference_grid
         self.feat_size = tuple(feat_size)
         self.scale = self.head_channels ** -0.5
 
@@ -248,7 +270,9 @@ class DeformableAttention2d(BaseModule):
         hk, wk = offset.shape[-2:]
         dtype = torch.promote_types(offset.dtype, torch.float32)
         offset = offset.to(dtype)
-        ref_x, ref_y = torch.meshgrid(_axis(wk, q.device, dtype), _axis(hk, q.device, dtype),
+        released = self.reference_grid == 'released'
+        ref_x, ref_y = torch.meshgrid(_axis(wk, q.device, dtype, released),
+                                      _axis(hk, q.device, dtype, released),
                                       indexing='xy')
         reference = torch.stack((ref_x, ref_y), dim=-1)
         dy, dx = offset[:, 0], offset[:, 1]

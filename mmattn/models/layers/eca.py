@@ -49,6 +49,16 @@ class EfficientChannelAttention(BaseModule):
     Deviations from the released code:
         None in the computation. The released ``eca_layer`` defaults to ``k_size=3``; here the
         default is the paper's adaptive kernel (3 for C=64, 5 for C=128..512).
+
+    Loading released weights: set ``kernel_size`` per stage as the release built it (a
+    checkpoint holds it only as the length of ``conv.weight``, so a wrong size fails with a
+    shape mismatch). BangguWu/ECANet's ``eca_resnet*`` take one size per stage, ``k_size=[3,
+    3, 3, 3]`` by default, which ``main.py --ksize`` overrides: its README trains ResNet-50
+    with ``--ksize 3557``, and the released checkpoints are named after that list (ResNet-50
+    ``k3557``, ResNet-101/152 ``k3357``). The adaptive default here gives 5, 5, 5, 7 at the
+    Bottleneck widths 256, 512, 1024, 2048, so the first stage of ResNet-50 needs
+    ``kernel_size=3`` (the first two of ResNet-101/152), and a model built with the release's
+    default sizes needs ``kernel_size=3`` in every stage.
     """
 
     _abbr_ = 'eca'

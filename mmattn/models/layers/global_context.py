@@ -39,11 +39,10 @@ class GlobalContextBlock(ContextBlock, BaseModule):
     - the paper's default ``ratio=1/16`` (mmcv requires it);
     - ``ValueError``/``TypeError`` naming the argument instead of ``assert`` (a bare string for
       ``fusion_types``, an unknown pooling or fusion, a ratio leaving no bottleneck channel),
-      input checks, mmengine ``init_cfg``.
-
-    The computation is mmcv's, unchanged: it matches SPEC 2.7 (softmax over the HW positions,
-    ``LayerNorm([C*r, 1, 1])``, zero last conv) and was checked to run unchanged on
-    channels_last input, under autocast and through ``torch.export``.
+      input checks, mmengine ``init_cfg``;
+    - :meth:`spatial_pool` accepts any strided input (cropped, transposed, channels_last) and
+      computes the mask logits before flattening ``x`` (timm's order, a lower peak memory in
+      training); the result is mmcv's.
 
     Args:
         in_channels (int): Channels ``C`` of the input (and output).
@@ -108,6 +107,23 @@ class GlobalContextBlock(ContextBlock, BaseModule):
             BaseModule.init_weights(self)
             return
         self.reset_parameters()
+
+    def spatial_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The context vector ``(N, C, 1, 1)``: softmax-weighted (``'att'``) or plain mean
+        (``'avg'``) of ``x`` over the positions.
+
+        Differs from mmcv's in two ways that leave the result unchanged: ``reshape`` instead
+        of ``view`` (mmcv's ``view`` raises on a cropped or transposed map, which cannot be
+        flattened without a copy), and the mask logits ``conv_mask(x)`` are computed before
+        ``x`` is flattened, as timm's ``GlobalContext`` does, which lowers the peak memory of
+        forward + backward to timm's.
+        """
+        if self.pooling_type != 'att':
+            return self.avg_pool(x)
+        n, c, h, w = x.shape
+        weights = torch.softmax(self.conv_mask(x).reshape(n, 1, h * w), dim=-1)
+        context = torch.matmul(x.reshape(n, 1, c, h * w), weights.unsqueeze(-1))
+        return context.reshape(n, c, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.in_channels)

@@ -27,11 +27,20 @@ class SqueezeExcitation(BaseModule):
     convolutions (identical to fully connected layers on a 1x1 map). ``hidden = int(C / ratio)``,
     or ``make_divisible(C / ratio, channels_divisor)`` when ``channels_divisor`` is given.
 
+    Rounding with ``channels_divisor = d``: ``C / ratio`` is rounded to the nearest multiple
+    of ``d`` (halves up), not below ``d``, and one more ``d`` is added when that result is
+    more than 10% below ``C / ratio`` (``round_limit=0.9``: torchvision's / MobileNetV2's
+    ``_make_divisible`` and timm's ``make_divisible`` default). timm's ``SEModule`` calls it
+    with ``round_limit=0`` (nearest multiple, never raised), so the two differ where the
+    nearest multiple is more than 10% low: at ``C=190``, ``ratio=16``, ``d=8`` (``C / ratio =
+    11.875``) timm's ``SEModule`` has 8 hidden channels and this module 16. Pass the hidden
+    width's ratio so that ``C / ratio`` is already a multiple of ``d`` to match any of them.
+
     Args:
         in_channels (int): Channels ``C`` of the input (and output).
         ratio (float): Reduction ratio ``r`` of the bottleneck. Default: 16.
         channels_divisor (int, optional): Round the hidden width to a multiple of this (the
-            MobileNet/timm rule). Default: None, plain ``int(C / ratio)`` as in the paper.
+            rule above). Default: None, plain ``int(C / ratio)`` as in the paper.
         act_cfg (dict | str | None): Activation between the two fc layers. Default: ReLU.
         gate_cfg (dict | str | None): Gating function. Default: Sigmoid.
         init_cfg (dict | list[dict], optional): mmengine initialisation config; when given it
