@@ -6,6 +6,14 @@ learnable: in the street scenes a class is identified by its colour (plus noise 
 thin poles and small persons to test resolution); in the pose images each of the 17 COCO keypoints
 is a small blob whose colour identifies the keypoint, on stick figures in random poses.
 
+The ``context`` flavour of the street scenes (``make_tiny_cityscapes(..., flavour='context')``)
+makes part of the label depend on a cue far from the pixel: a small sign in the top rows of the
+image is white or orange, and every vehicle of the scene is a ``car`` or a ``truck`` accordingly,
+while the vehicles themselves look the same for both classes. Only a model that relates the
+vehicle pixels to the sign (tens of pixels away) can tell the two classes apart; a model whose
+receptive field does not reach the sign can do no better than guess (see
+:func:`cityscapes_sample` and its test).
+
 Only numpy and OpenCV are needed, so this module is cheap to import and fast to run (well under a
 second per dataset at the default sizes). Output is deterministic for a given seed.
 """
@@ -18,7 +26,7 @@ import cv2
 import numpy as np
 
 __all__ = [
-    'make_tiny_cityscapes', 'make_tiny_coco', 'CITYSCAPES_TRAINID_TO_LABELID',
+    'make_tiny_cityscapes', 'cityscapes_sample', 'CITYSCAPES_FLAVOURS', 'CONTEXT_CUE_COLOURS', 'make_tiny_coco', 'CITYSCAPES_TRAINID_TO_LABELID',
     'CITYSCAPES_LABELID_TO_TRAINID', 'CITYSCAPES_LABEL_NAMES', 'COCO_KEYPOINT_NAMES',
     'COCO_SKELETON', 'COCO_KEYPOINT_COLORS', 'COCO_BBOX_FILE'
 ]
@@ -43,6 +51,7 @@ CITYSCAPES_LABEL_NAMES[0] = 'unlabeled'
 
 # train ids of the classes the scenes use
 ROAD, SIDEWALK, BUILDING, POLE, VEGETATION, SKY, PERSON, CAR = 0, 1, 2, 5, 8, 10, 11, 13
+TRAFFIC_SIGN, TRUCK = 7, 14  # used by the 'context' flavour only
 IGNORE = 255
 # Cityscapes classes with instances (hasInstances=True) among those used
 _INSTANCE_CLASSES = (PERSON, CAR)
@@ -60,6 +69,11 @@ _CS_COLOURS = {
 }
 
 _CS_CITIES = {'train': ('aachen', 'bremen'), 'val': ('frankfurt', 'munster')}
+
+CITYSCAPES_FLAVOURS = ('plain', 'context')
+# 'context' flavour: sign colour (RGB) -> class of every vehicle in the scene. Far from every
+# class colour above (and from each other) under the rendering noise, so the cue is unambiguous.
+CONTEXT_CUE_COLOURS = {CAR: (245, 245, 245), TRUCK: (240, 120, 0)}
 
 
 def _smooth_noise(rng, h, w, cells, amp):
@@ -207,7 +221,59 @@ def _cityscapes_render(rng, lab, inst, horizon):
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def make_tiny_cityscapes(root, num_train=8, num_val=4, height=64, width=128, seed=0):
+def _context_sign(rng_pos, h, w):
+    """(y0, x0, side) of the sign: a square in the top fifth of the image (sky, or a building
+    or tree reaching up there), so that it lies far above most vehicle pixels."""
+    side = max(3, int(round(h / 10)))
+    y0 = int(rng_pos.integers(1, max(2, h // 5 - side + 1)))
+    x0 = int(rng_pos.integers(1, max(2, w - side)))
+    return y0, x0, side
+
+
+def cityscapes_sample(seed, split_id, index, height=64, width=128, flavour='plain', cue=None):
+    """One generated street scene, as ``make_tiny_cityscapes`` writes it: ``(RGB uint8 image,
+    trainId map, instance-index map, info)``.
+
+    ``flavour='context'`` draws the scene of the ``plain`` flavour from the same random stream,
+    then paints a square sign (class ``traffic sign``) in the top fifth of the image, white or
+    orange (``CONTEXT_CUE_COLOURS``), and labels every vehicle pixel ``car`` or ``truck`` to
+    match. The vehicles are rendered as cars before the relabelling, so their pixels do not
+    depend on the cue. The cue is drawn (probability 1/2 each) from a stream of its own and the
+    sign's position and noise from another, so ``cue=CAR`` / ``cue=TRUCK`` (forcing it) gives
+    two images that differ only inside the sign and two label maps that differ only on the
+    vehicles. ``info`` holds ``cue`` and ``sign`` (y0, x0, side); None for ``plain``.
+    """
+    if flavour not in CITYSCAPES_FLAVOURS:
+        raise ValueError(f'flavour must be one of {CITYSCAPES_FLAVOURS}, got {flavour!r}')
+    rng = np.random.default_rng([seed, split_id, index])
+    img, lab, inst = _cityscapes_scene(rng, height, width)
+    info = dict(cue=None, sign=None)
+    if flavour == 'plain':
+        if cue is not None:
+            raise ValueError("cue is only used by flavour='context'")
+        return img, lab, inst, info
+    if cue is None:
+        cue = (CAR, TRUCK)[int(np.random.default_rng([seed, split_id, index, 1]).integers(2))]
+    if cue not in CONTEXT_CUE_COLOURS:
+        raise ValueError(f'cue must be CAR ({CAR}) or TRUCK ({TRUCK}), got {cue!r}')
+    rng_pos = np.random.default_rng([seed, split_id, index, 2])
+    y0, x0, side = _context_sign(rng_pos, height, width)
+    lab = lab.copy()
+    lab[lab == CAR] = cue
+    sign = (slice(y0, y0 + side), slice(x0, x0 + side))
+    noise = rng_pos.normal(0, 6, size=(side, side, 3))
+    img = img.copy()
+    img[sign] = np.clip(np.rint(np.asarray(CONTEXT_CUE_COLOURS[cue], np.float64) + noise), 0,
+                        255).astype(np.uint8)
+    lab[sign] = TRAFFIC_SIGN
+    inst = inst.copy()
+    inst[sign] = 0
+    info.update(cue=cue, sign=(y0, x0, side))
+    return img, lab, inst, info
+
+
+def make_tiny_cityscapes(root, num_train=8, num_val=4, height=64, width=128, seed=0,
+                         flavour='plain'):
     """Write a tiny Cityscapes-format dataset under ``root``.
 
     Layout (the one mmseg's ``CityscapesDataset`` and cityscapesscripts read)::
@@ -216,22 +282,26 @@ def make_tiny_cityscapes(root, num_train=8, num_val=4, height=64, width=128, see
         gtFine/{train,val}/<city>/<stem>_gtFine_labelTrainIds.png  uint8, 0..18 / 255 ignore
         gtFine/{train,val}/<city>/<stem>_gtFine_labelIds.png       uint8 Cityscapes label ids
         gtFine/{train,val}/<city>/<stem>_gtFine_instanceIds.png    uint16, id*1000+k for
-                                                                   person/car, else label id
+                                                                   person/car/truck, else label id
+
+    ``flavour``: ``'plain'`` (a class is identified by its colour) or ``'context'`` (vehicles
+    are cars or trucks according to a sign far above them; see :func:`cityscapes_sample`).
 
     Returns:
-        dict: ``root`` and, per split, ``img_dir`` / ``ann_dir`` (absolute), ``data_prefix``
+        dict: ``root``, ``flavour`` and, per split, ``img_dir`` / ``ann_dir`` (absolute), ``data_prefix``
         (relative to root, as a config writes it), ``num_samples`` and the sample ``stems``.
     """
     root = osp.abspath(root)
-    out = dict(root=root)
+    if flavour not in CITYSCAPES_FLAVOURS:
+        raise ValueError(f'flavour must be one of {CITYSCAPES_FLAVOURS}, got {flavour!r}')
+    out = dict(root=root, flavour=flavour)
     for split_id, (split, num) in enumerate((('train', num_train), ('val', num_val))):
         img_dir = osp.join(root, 'leftImg8bit', split)
         ann_dir = osp.join(root, 'gtFine', split)
         cities = _CS_CITIES[split]
         stems = []
         for i in range(num):
-            rng = np.random.default_rng([seed, split_id, i])
-            img, lab, inst = _cityscapes_scene(rng, height, width)
+            img, lab, inst, _ = cityscapes_sample(seed, split_id, i, height, width, flavour)
             city = cities[i % len(cities)]
             stem = f'{city}_000000_{i:06d}'
             os.makedirs(osp.join(img_dir, city), exist_ok=True)
