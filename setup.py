@@ -56,6 +56,10 @@ def add_mim_extension():
             os.symlink(osp.relpath(src, mim_path), dst, target_is_directory=True)
         else:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+    # mmengine reads .mim/model-index.yml before it resolves `mmattn::folder/file.py`; with no
+    # model metafiles listed it takes the path under .mim/configs as given
+    with open(osp.join(mim_path, 'model-index.yml'), 'w') as f:
+        f.write('Import: []\n')
 
 
 if __name__ == '__main__':
@@ -69,9 +73,9 @@ if __name__ == '__main__':
         long_description_content_type='text/markdown',
         packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
         include_package_data=True,
-        package_data={'mmattn': ['.mim/configs/*/*.py', '.mim/configs/*/*.md',
+        package_data={'mmattn': ['.mim/model-index.yml', '.mim/configs/*/*.py', '.mim/configs/*/*.md',
                                  '.mim/tools/*.py', '.mim/tools/*.sh', '.mim/tools/*/*.py']},
-        python_requires='>=3.8',
+        python_requires='>=3.9',
         install_requires=read_requirements('runtime'),
         extras_require={
             'mim': read_requirements('mminstall'),

@@ -29,8 +29,8 @@ def is_compiling() -> bool:
     compiler = getattr(torch, 'compiler', None)
     if compiler is not None and hasattr(compiler, 'is_compiling'):
         return compiler.is_compiling()
-    import torch._dynamo
-    return torch._dynamo.is_compiling()
+    from torch import _dynamo
+    return _dynamo.is_compiling()
 
 
 def is_capturing() -> bool:

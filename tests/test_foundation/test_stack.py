@@ -1,4 +1,6 @@
-"""The pinned stack imports together, and mmcv's compiled deformable conv runs on this machine."""
+"""The environment's stack imports together with mmattn, and mmcv's compiled deformable conv runs
+on this machine. (Which versions are allowed is mmattn's declared ranges, checked against the
+installed packages in tests/test_install/test_packaging.py; no version is pinned here.)"""
 import subprocess
 import sys
 
@@ -8,15 +10,11 @@ import torch
 def test_stack_imports_in_a_fresh_interpreter():
     code = ('import mmattn, mmseg.models, mmpose.models, mmpose.visualization, mmdet.models; '
             'from mmcv.ops import ModulatedDeformConv2dPack; import mmcv._ext; '
-            'import torch, torchvision, numpy, mmengine, mmcv, mmseg, mmpose, mmdet; '
-            'print(torch.__version__.split("+")[0], torchvision.__version__.split("+")[0], '
-            'numpy.__version__.split(".")[0], mmengine.__version__, mmcv.__version__, '
-            'mmseg.__version__, mmpose.__version__, mmdet.__version__)')
+            'import mmcv.ops; print(mmcv.ops.ModulatedDeformConv2dPack.__module__)')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ['2.13.0', '0.28.0', '2', '0.10.7', '2.1.0', '1.2.2', '1.3.2',
-                                  '3.2.0']
+    assert out.stdout.split() == ['mmcv.ops.modulated_deform_conv']
 
 
 def test_modulated_deform_conv_forward_backward_on_cpu():

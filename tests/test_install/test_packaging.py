@@ -71,47 +71,75 @@ def test_pip_install_into_a_ready_environment_changes_nothing(tmp_path, editable
     assert names == ['mmattn'], names
 
 
-def test_mmattn_base_resolves_to_the_shipped_configs(tmp_path):
-    """``_base_ = 'mmattn::psa/...'`` loads the shipped config (mmattn imported first, as its
-    tools and a user's script do)."""
+@pytest.fixture(scope='module')
+def installed_copy(tmp_path_factory):
+    """A regular (non-editable) install of this checkout: its wheel, and that wheel installed
+    into a folder of its own (``--target``), which goes first on ``PYTHONPATH``."""
+    import shutil
+    root = tmp_path_factory.mktemp('installed')
+    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_FIND_LINKS='')
+    # build from a copy: a wheel build writes build/ and .mim/ into the source tree
+    source = root / 'src'
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        '.git', '.venv*', 'work_dirs', 'data', 'build', 'dist', '*.egg-info', '.mim',
+        '__pycache__'))
+    for cmd in (['wheel', '--no-deps', '-w', str(root / 'dist'), str(source)],
+                ['install', '--no-deps', '--no-index', '--target', str(root / 'site'),
+                 '--find-links', str(root / 'dist'), 'mmattn']):
+        proc = subprocess.run([sys.executable, '-m', 'pip', *cmd[:1], '--no-build-isolation',
+                               '--quiet', *cmd[1:]] if cmd[0] == 'wheel' else
+                              [sys.executable, '-m', 'pip', *cmd, '--quiet'],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    wheel, = (root / 'dist').glob('mmattn-*.whl')
+    return dict(source=source, wheel=wheel, site=root / 'site')
+
+
+def _run_installed(installed, code, *args):
+    env = dict(os.environ, PYTHONPATH=str(installed['site']))
+    # the development checkout is installed editable; its import hook would win over PYTHONPATH
+    hide_checkout = ('import sys; sys.meta_path[:] = [f for f in sys.meta_path if not '
+                     "getattr(f, '__module__', '').startswith('__editable__')]; ")
+    proc = subprocess.run([sys.executable, '-c', hide_checkout + code, *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300,
+                          cwd=installed['site'])  # not the checkout, which `-c` puts first
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_wheel_ships_the_configs_under_mim(installed_copy):
+    """A non-editable install carries the configs as OpenMMLab packages do (``.mim/configs``)."""
+    import zipfile
+    names = set(zipfile.ZipFile(installed_copy['wheel']).namelist())
+    source = installed_copy['source']
+    shipped = {str(p.relative_to(source)) for p in (source / 'configs').rglob('*.py')}
+    assert len(shipped) >= 20
+    missing = [p for p in shipped if f'mmattn/.mim/{p}' not in names]
+    assert not missing, missing
+    assert 'mmattn/.mim/tools/train.py' in names
+
+
+def test_mmattn_base_resolves_in_an_installed_package(installed_copy, tmp_path):
+    """``_base_ = 'mmattn::psa/...'`` loads the shipped config of the installed package (mmattn
+    imported first, as its tools and a user's script do), and the PSA converter finds its
+    evaluation configs there."""
     config = tmp_path / 'mine.py'
     config.write_text("_base_ = 'mmattn::psa/ocrnet_hr18-psa-p_4xb2-160k_cityscapes-512x1024.py'\n"
                       'train_cfg = dict(max_iters=10)\n')
-    proc = subprocess.run(
-        [sys.executable, '-c', 'import mmattn, sys; from mmengine.config import Config; '
-         'cfg = Config.fromfile(sys.argv[1]); '
-         'print(cfg.model.backbone.type, cfg.train_cfg.max_iters, cfg.runner_type)',
-         str(config)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ['AttentionBackbone', '10', 'ResumableRunner']
+    out = _run_installed(
+        installed_copy, 'import mmattn, sys; from mmengine.config import Config; '
+        'from mmattn.convert.official_psa import default_config; '
+        'cfg = Config.fromfile(sys.argv[1]); '
+        'print(mmattn.__file__); print(default_config("PSA_p")); '
+        'print(cfg.model.backbone.type, cfg.train_cfg.max_iters, cfg.runner_type)', config)
+    package, psa_config, summary = out.strip().splitlines()[-3:]
+    site = str(installed_copy['site'])
+    assert package.startswith(site)  # the installed copy, not the checkout
+    assert psa_config.startswith(site) and pathlib.Path(psa_config).is_file()
+    assert summary.split() == ['AttentionBackbone', '10', 'ResumableRunner']
 
 
 def test_converter_default_configs_exist():
     from mmattn.convert.official_psa import CONFIGS, default_config
     for variant in CONFIGS:
         assert pathlib.Path(default_config(variant)).is_file(), default_config(variant)
-
-
-def test_wheel_ships_the_configs_under_mim(tmp_path):
-    """A non-editable install carries the configs as OpenMMLab packages do (``.mim/configs``),
-    which is where ``mmattn::`` bases and the PSA converter look in an installed mmattn."""
-    import zipfile
-    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_FIND_LINKS='')
-    import shutil
-    # build from a copy: a wheel build writes build/ and .mim/ into the source tree
-    source = tmp_path / 'src'
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        '.git', '.venv*', 'work_dirs', 'data', 'build', 'dist', '*.egg-info', '.mim',
-        '__pycache__'))
-    proc = subprocess.run(
-        [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--quiet',
-         '-w', str(tmp_path / 'dist'), str(source)],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    wheel, = (tmp_path / 'dist').glob('mmattn-*.whl')
-    names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = {str(p.relative_to(source)) for p in (source / 'configs').rglob('*.py')}
-    assert shipped, 'no configs in the source tree'
-    missing = [p for p in shipped if f'mmattn/.mim/{p}' not in names]
-    assert not missing, missing
-    assert 'mmattn/.mim/tools/train.py' in names
