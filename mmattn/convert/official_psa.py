@@ -119,7 +119,7 @@ def load_released_state_dict(path: str) -> 'OrderedDict[str, torch.Tensor]':
     """
     if not osp.isfile(path):
         raise ConversionError(f'{path}: no such file')
-    # truncated / corrupt files: one message naming the file (mmattn.utils.checkpoint, issue 7)
+    # truncated / corrupt files: one message naming the file (mmattn.utils.checkpoint)
     from mmattn.utils.checkpoint import CheckpointError, check_checkpoint_file
     try:
         check_checkpoint_file(path)

@@ -65,6 +65,29 @@ def _pose_overrides(cfg, data):
     cfg.train_cfg.update(max_epochs=1, val_interval=1)
 
 
+def _det_overrides(cfg, data):
+    """mmdet configs on the tiny COCO data: its person boxes as a one-class detection set."""
+    coco = data['coco']
+    cfg.model.backbone.init_cfg = None
+    if cfg.model.backbone.get('backbone') is not None:
+        cfg.model.backbone.backbone.init_cfg = None
+    cfg.model.bbox_head.num_classes = 1
+    metainfo = dict(classes=('person', ))
+    size = (96, 128)
+    for key, split in (('train_dataloader', 'train'), ('val_dataloader', 'val'),
+                       ('test_dataloader', 'val')):
+        dataset = cfg[key].dataset
+        dataset.update(data_root=coco['root'], ann_file=coco[split]['ann_file_rel'],
+                       data_prefix=coco[split]['data_prefix'], metainfo=metainfo)
+        if split == 'train':  # the tiny persons are smaller than mmdet's 32-pixel filter
+            dataset.filter_cfg = dict(filter_empty_gt=True, min_size=1)
+        for step in dataset.pipeline:
+            if step['type'] == 'Resize':
+                step['scale'] = size
+    cfg.val_evaluator.ann_file = cfg.test_evaluator.ann_file = coco['val']['ann_file']
+    cfg.train_cfg.update(max_epochs=1, val_interval=1)
+
+
 def _tiny_cfg(path, data, work_dir):
     cfg = Config.fromfile(str(path))
     scope = cfg.default_scope
@@ -72,6 +95,8 @@ def _tiny_cfg(path, data, work_dir):
         _seg_overrides(cfg, data)
     elif scope == 'mmpose':
         _pose_overrides(cfg, data)
+    elif scope == 'mmdet':
+        _det_overrides(cfg, data)
     else:
         pytest.fail(f'{path.name}: unexpected default_scope {scope}')
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
@@ -134,5 +159,5 @@ def test_config_trains_one_iteration_and_evaluates(path, tiny_data, tmp_path):
     if prefixes:  # the inserted attention modules are trained too
         assert any(k.startswith(prefixes) for k in changed)
     metrics = runner.val_loop.run() if runner.val_loop is not None else {}
-    key = 'mIoU' if cfg.default_scope == 'mmseg' else 'coco/AP'
+    key = dict(mmseg='mIoU', mmpose='coco/AP', mmdet='coco/bbox_mAP')[cfg.default_scope]
     assert key in metrics and metrics[key] == metrics[key]  # present and not NaN

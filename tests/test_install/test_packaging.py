@@ -143,3 +143,16 @@ def test_converter_default_configs_exist():
     from mmattn.convert.official_psa import CONFIGS, default_config
     for variant in CONFIGS:
         assert pathlib.Path(default_config(variant)).is_file(), default_config(variant)
+
+
+def test_import_stops_with_one_line_on_an_unsupported_mmcv():
+    """As mmseg's ``__init__`` does: the installed and the supported versions in one line."""
+    code = ('import mmcv; mmcv.__version__ = "2.2.0"\n'
+            'try:\n    import mmattn\n'
+            'except AssertionError as error:\n    print(error)\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line, = proc.stdout.strip().splitlines()
+    assert line.startswith('mmcv==2.2.0 is installed but mmattn ')
+    assert line.endswith('needs mmcv>=2.0.0rc4, <2.2.0')

@@ -211,7 +211,7 @@ def _bnf(sd, p, x):
 
 
 def _psa_ref(sd, p, x, variant):
-    """PSA as the released PSA.py computes it (SPEC 2.1)."""
+    """PSA as the released PSA.py computes it."""
     n, c, h, w = x.shape
 
     def channel(x):
