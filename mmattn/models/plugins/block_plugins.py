@@ -2,10 +2,17 @@
 
 The backbone is left as its own code builds it: the attention module is added as a new child of
 the block (so the block's original state-dict keys are unchanged and pretrained checkpoints load)
-and wired in with a forward hook on the block's own conv/norm layers, at the position the config
-names. This works for any block that follows the mmcv/mmseg/mmpose/mmdet ``BasicBlock`` /
+and runs at the position the config names, through a hook on the block's own conv/norm layer.
+This works for any block that follows the mmcv/mmseg/mmpose/mmdet ``BasicBlock`` /
 ``Bottleneck`` layout (``conv1..3``, ``norm1..3``), so HRNet and ResNet of all three projects are
 covered without copying their code.
+
+The hooked layer is looked up by name on every forward of the block (a forward pre-hook on the
+block, which no conversion utility replaces), so the attention keeps running when the layer is
+replaced: mmengine's ``revert_sync_batchnorm`` (every non-distributed Runner calls it),
+``convert_sync_batchnorm`` (a distributed Runner with ``sync_bn``), mmcv's ``fuse_conv_bn``
+(the norm becomes ``nn.Identity``). Hooks are bound methods of a module-level class, so
+``copy.deepcopy`` and pickling (``torch.save(model)``) carry them over to the copy.
 
 Positions (mmcv's ``plugins=`` vocabulary, plus two aliases):
 
@@ -18,13 +25,23 @@ position                      BasicBlock                                  Bottle
 ``before_add``                = after_conv2                               = after_conv3
 ``after_first_3x3`` (paper)   = after_conv1                               = after_conv2
 ============================  ==========================================  =====================
+
+A module inserted here must keep its input's shape (the block adds it to the identity); one
+that changes channels or spatial size (e.g. ``SPDConv``) is refused when the backbone is built.
+
+BatchNorms inside the attention modules train with the model even when the backbone keeps its
+own norms in eval mode (``norm_eval=True``, mmdet's ResNet default): ``norm_eval`` protects the
+statistics of pretrained norms, and the attention modules' norms have none; frozen at their
+initial statistics (mean 0, variance 1) they would never normalise. An attention module that is
+itself in eval mode (e.g. in a stage frozen by ``frozen_stages``) keeps its norms in eval mode.
 """
 import copy
 import re
-import types
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmattn.registry import MODELS
 
@@ -63,25 +80,86 @@ _STAGE_RE = re.compile(r'^(?:layer|stage|res_layer|res)(\d+)(?:\.|$)')
 _BRANCH_RE = re.compile(r'\.branches\.(\d+)\.')
 
 
-class _ApplyBefore:
-    """Forward pre-hook: run ``attention`` on the hooked layer's input. A callable object (not a
-    closure) so ``copy.deepcopy`` and pickling map it onto the copied attention module."""
+class _Insertion:
+    """One attention module at one position of one block.
 
-    def __init__(self, attention: nn.Module):
-        self.attention = attention
+    ``attach`` is a forward pre-hook of the block: it looks up the block's current layer at the
+    position (``conv2``, ``norm3``, ...) and, when that is not the layer hooked last time (i.e.
+    something replaced it), moves the hook there: removed from the old layer (which may be put
+    back later), registered on the new one. The hook's handle pickles and deep-copies with the
+    model, pointing at the copied layer.
+    """
 
-    def __call__(self, layer, args):
+    def __init__(self, attention_name: str, layer_name: str, before: bool):
+        self.attention_name = attention_name
+        self.layer_name = layer_name
+        self.before = before
+        self.layer: Optional[nn.Module] = None  # the layer carrying the hook
+        self.handle = None
+        self.attention: Optional[nn.Module] = None
+
+    def attach(self, block: nn.Module, args=None) -> None:
+        self.attention = getattr(block, self.attention_name)
+        layer = getattr(block, self.layer_name)
+        if layer is self.layer:
+            return
+        if self.handle is not None:
+            self.handle.remove()
+        self.layer = layer
+        if self.before:
+            self.handle = layer.register_forward_pre_hook(self.run_before)
+        else:
+            self.handle = layer.register_forward_hook(self.run_after)
+
+    def run_before(self, layer: nn.Module, args):
         return (self.attention(args[0]), ) + tuple(args[1:])
 
-
-class _ApplyAfter:
-    """Forward hook: run ``attention`` on the hooked layer's output."""
-
-    def __init__(self, attention: nn.Module):
-        self.attention = attention
-
-    def __call__(self, layer, args, output):
+    def run_after(self, layer: nn.Module, args, output):
         return self.attention(output)
+
+
+class _PluggedBackbone:
+    """``init_weights`` and ``train`` of a backbone with attention plugins, installed on the
+    instance (the backbone's class is the projects' own). Bound methods of this module-level
+    class pickle and deep-copy with the backbone."""
+
+    def __init__(self, backbone: nn.Module):
+        self.backbone = backbone
+
+    def attention_modules(self) -> List[nn.Module]:
+        return [self.backbone.get_submodule(p)
+                for p in getattr(self.backbone, 'attention_plugins', [])]
+
+    def init_weights(self) -> None:
+        """The backbone's own ``init_weights``, then each inserted attention module's.
+
+        A backbone's ``init_cfg`` (e.g. HRNet's Kaiming convs / constant-1 norms) is applied to
+        every submodule, attention included, and mmengine's recursion into children stops at
+        plain ``nn.Sequential`` stages, so the attention modules' own initialisation
+        (zero-initialised residual norms, the papers' conv inits) would be silently lost. When
+        the backbone loads a pretrained checkpoint nothing is re-initialised: the checkpoint
+        may hold attention weights.
+        """
+        backbone = self.backbone
+        type(backbone).init_weights(backbone)
+        if _loads_pretrained(getattr(backbone, 'init_cfg', None)):
+            return
+        for module in self.attention_modules():
+            if hasattr(module, 'init_weights'):
+                module.init_weights()
+
+    def train(self, mode: bool = True) -> nn.Module:
+        """The backbone's own ``train``, then the norms of every attention module that is in
+        training mode back to training mode (``norm_eval`` turned them off)."""
+        backbone = self.backbone
+        type(backbone).train(backbone, mode)
+        for module in self.attention_modules():
+            if not module.training:
+                continue
+            for m in module.modules():
+                if isinstance(m, _BatchNorm):
+                    m.train(True)
+        return backbone
 
 
 def block_kind(block: nn.Module) -> Optional[str]:
@@ -178,7 +256,8 @@ def add_block_plugins(backbone: nn.Module, plugins: Union[dict, Sequence[dict]])
     """Insert the attention modules ``plugins`` describe into ``backbone``'s residual blocks,
     in place, and return the state-dict prefixes of the added modules (also kept in
     ``backbone.attention_plugins``). The backbone's ``init_weights`` is extended so that its own
-    ``init_cfg`` does not overwrite the attention modules' initialisation.
+    ``init_cfg`` does not overwrite the attention modules' initialisation, and its ``train`` so
+    that ``norm_eval`` leaves the attention modules' norms training.
 
     Each plugin is ``dict(cfg=<attention config>, position=..., stages=..., block_types=...,
     branches=..., name=...)`` or ``dict(preset='paper'|'released', cfg=...)``. ``in_channels`` of
@@ -188,6 +267,7 @@ def add_block_plugins(backbone: nn.Module, plugins: Union[dict, Sequence[dict]])
         plugins = [plugins]
     backbone_name = type(backbone).__name__
     added = []
+    checked = set()  # (config, channels) already probed for shape changes
     for index, raw in enumerate(plugins):
         plugin = _resolve_plugin(raw)
         blocks = find_blocks(backbone, plugin['block_types'])
@@ -205,7 +285,7 @@ def add_block_plugins(backbone: nn.Module, plugins: Union[dict, Sequence[dict]])
                 continue
             if plugin['branches'] is not None and branch not in plugin['branches']:
                 continue
-            _attach(block, path, plugin, name)
+            _attach(block, path, plugin, name, checked)
             added.append(f'{path}.{name}')
             count += 1
         if count == 0:
@@ -213,9 +293,11 @@ def add_block_plugins(backbone: nn.Module, plugins: Union[dict, Sequence[dict]])
                              f'{backbone_name} (stages={plugin["stages"]}, block_types='
                              f'{tuple(plugin["block_types"])}, branches={plugin["branches"]})')
     backbone.attention_plugins = list(getattr(backbone, 'attention_plugins', [])) + added
-    if hasattr(backbone, 'init_weights'):
-        # a bound method (not a closure) so deepcopy rebinds it to the copy
-        backbone.init_weights = types.MethodType(_init_weights_keeping_attention, backbone)
+    if not isinstance(getattr(backbone.train, '__self__', None), _PluggedBackbone):
+        helper = _PluggedBackbone(backbone)
+        if hasattr(backbone, 'init_weights'):
+            backbone.init_weights = helper.init_weights
+        backbone.train = helper.train
     return added
 
 
@@ -224,30 +306,33 @@ def _loads_pretrained(init_cfg) -> bool:
     return any(isinstance(c, dict) and c.get('type') == 'Pretrained' for c in cfgs)
 
 
-def _init_weights_keeping_attention(self):
-    """The backbone's own ``init_weights``, then each inserted attention module's.
-
-    A backbone's ``init_cfg`` (e.g. HRNet's Kaiming convs / constant-1 norms) is applied to every
-    submodule, attention included, and mmengine's recursion into children stops at plain
-    ``nn.Sequential`` stages, so the attention modules' own initialisation (zero-initialised
-    residual norms, the papers' conv inits) would be silently lost. When the backbone loads a
-    pretrained checkpoint nothing is re-initialised: the checkpoint may hold attention weights.
-    """
-    type(self).init_weights(self)
-    if _loads_pretrained(getattr(self, 'init_cfg', None)):
-        return
-    for path in getattr(self, 'attention_plugins', []):
-        module = self.get_submodule(path)
-        if hasattr(module, 'init_weights'):
-            module.init_weights()
-
-
 def _all_block_names(backbone: nn.Module) -> set:
     """Class names of every residual block in ``backbone`` (for error messages)."""
     return {type(m).__name__ for m in backbone.modules() if block_kind(m) is not None}
 
 
-def _attach(block: nn.Module, path: str, plugin: dict, name: str) -> None:
+def _check_keeps_shape(attention: nn.Module, channels: int, cfg: dict, where: str) -> None:
+    """Refuse a module whose output shape differs from its input's, from one forward on a small
+    input in eval mode (no running statistics change)."""
+    was_training = attention.training
+    attention.eval()
+    x = torch.randn(1, channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            out = attention(x)
+    except Exception:  # noqa: BLE001 - e.g. a module that needs larger maps: nothing is
+        return  # known about its shape here, and its own forward reports what it cannot run
+    finally:
+        attention.train(was_training)
+    shape = tuple(getattr(out, 'shape', ()))
+    if shape != tuple(x.shape):
+        raise ValueError(f"plugin {cfg.get('type')} at {where} changes the shape of its input "
+                         f'({tuple(x.shape)} -> {shape or type(out).__name__}); a block plugin '
+                         f'must keep (C, H, W), the block adds its output to the identity. Use '
+                         f'such a module in a neck or in place of a layer instead')
+
+
+def _attach(block: nn.Module, path: str, plugin: dict, name: str, checked: set) -> None:
     kind = block_kind(block)
     position = _ALIASES[kind].get(plugin['position'], plugin['position'])
     if position not in _POSITIONS[kind]:
@@ -265,9 +350,12 @@ def _attach(block: nn.Module, path: str, plugin: dict, name: str) -> None:
         raise ValueError(f"{type(block).__name__} {path} already has a child named '{name}'; "
                          f"give the plugin another 'name'")
     attention = MODELS.build(dict(cfg, in_channels=channels))
+    key = (repr(sorted(cfg.items(), key=lambda kv: kv[0])), channels)
+    if key not in checked:
+        _check_keeps_shape(attention, channels, cfg,
+                           f"'{plugin['position']}' of {type(block).__name__} {path}")
+        checked.add(key)
     block.add_module(name, attention)
-    layer = getattr(block, layer_name)
-    if hook_kind == 'pre':
-        layer.register_forward_pre_hook(_ApplyBefore(attention))
-    else:
-        layer.register_forward_hook(_ApplyAfter(attention))
+    insertion = _Insertion(name, layer_name, before=hook_kind == 'pre')
+    block.register_forward_pre_hook(insertion.attach)
+    insertion.attach(block)
