@@ -254,3 +254,59 @@ def test_short_names_work_in_plugin_and_neck_configs():
     neck = _build('mmseg', dict(type='AttentionNeck', in_channels=[16, 32],
                                 attention=dict(type='se', ratio=4)))
     assert type(neck.attentions['1']).__name__ == 'SqueezeExcitation'
+
+
+# mmdet's GCNet configs: ContextBlocks through ResNet's own (mmcv-style) plugins=
+GCNET_PLUGINS = [dict(cfg=dict(type='ContextBlock', ratio=1. / 16), stages=(False, True, True, True),
+                      position='after_conv3')]
+CBAM_PLUGINS = [dict(cfg=dict(type='CBAM'), position='after_conv2', stages=(2, 3, 4))]
+
+
+def _count_runs(model, cls_name):
+    """Modules of class ``cls_name`` in ``model`` and how many of them run in one forward."""
+    modules = [m for m in model.modules() if type(m).__name__ == cls_name]
+    ran = set()
+    handles = [m.register_forward_hook(lambda mod, a, o: ran.add(id(mod))) for m in modules]
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    for h in handles:
+        h.remove()
+    return len(modules), len(ran)
+
+
+@pytest.mark.parametrize('spelling', ['flat', 'nested'])
+def test_backbone_own_plugins_and_attention_plugins_both_run(spelling):
+    resnet = dict(type='ResNet', depth=50, plugins=GCNET_PLUGINS)
+    if spelling == 'flat':
+        cfg = dict(type='AttentionBackbone', backbone_type='ResNet', depth=50,
+                   plugins=GCNET_PLUGINS, attention_plugins=CBAM_PLUGINS)
+    else:
+        cfg = dict(type='AttentionBackbone', backbone=resnet, plugins=CBAM_PLUGINS)
+    model = _build('mmdet', cfg)
+    assert _count_runs(model, 'ContextBlock') == (13, 13)
+    assert _count_runs(model, 'CBAM') == (13, 13)
+    assert len(model.attention_plugins) == 13
+    # the backbone's keys are those of the GCNet ResNet; only the CBAM keys are new
+    plain = _build('mmdet', resnet)
+    new = set(model.state_dict()) - set(plain.state_dict())
+    assert set(plain.state_dict()) <= set(model.state_dict())
+    assert new and all('.cbam.' in k for k in new)
+
+
+def test_flat_plugins_on_a_backbone_with_its_own_plugins_is_refused():
+    with pytest.raises(ValueError, match=r"ResNet has a plugins= argument of its own.*"
+                                         r"attention_plugins="):
+        _build('mmdet', dict(type='AttentionBackbone', backbone_type='ResNet', depth=50,
+                             plugins=CBAM_PLUGINS))
+
+
+def test_flat_plugins_on_hrnet_are_mmattn_plugins_and_given_once():
+    extra = _hrnet_extra(8, (1, 1, 1, 1), (1, 1, 1, 1))
+    for key in ('plugins', 'attention_plugins'):
+        model = _build('mmseg', {'type': 'AttentionBackbone', 'backbone_type': 'HRNet',
+                                 'extra': extra, key: dict(preset='released', cfg=PROBE)})
+        assert len(model.attention_plugins) == 9
+    with pytest.raises(ValueError, match=r'given twice, as plugins= and attention_plugins='):
+        _build('mmseg', dict(type='AttentionBackbone', backbone_type='HRNet', extra=extra,
+                             plugins=[], attention_plugins=dict(preset='released', cfg=PROBE)))
