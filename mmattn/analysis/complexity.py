@@ -30,6 +30,7 @@ attention module is part of that module's share).
 """
 import copy
 import functools
+import importlib.util
 import inspect
 import os.path as osp
 import re
@@ -41,9 +42,9 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    'GIGA', 'PAPER_GIGA', 'Complexity', 'Failure', 'ANALYTIC_COUNTS', 'register_analytic_count',
-    'psa_released_macs', 'psa_executed_macs', 'attention_modules', 'analyze_model',
-    'load_config', 'disable_pretrained', 'default_input_shape', 'build_model',
+    'GIGA', 'PAPER_GIGA', 'Complexity', 'Failure', 'ConfigError', 'ANALYTIC_COUNTS',
+    'psa_released_macs', 'attention_modules', 'analyze_model', 'load_config',
+    'disable_pretrained', 'default_input_shape', 'build_model',
     'analyze_config', 'find_baseline', 'format_report', 'markdown_table', 'write_markdown'
 ]
 
@@ -67,7 +68,8 @@ _SILENT_UNCOUNTED = {
 def psa_released_macs(channels: int, height: int, width: int, mode: str = 'parallel',
                       formulation: str = 'released', batch: int = 1) -> Counter:
     """Multiply-adds of one Polarized Self-Attention block as the authors' code computes it
-    (SPEC 2.1), by ``FlopAnalyzer`` operator name. ``C = channels``, ``P = height * width``.
+    (DeLightCMU/PSA ``PSA_p``/``PSA_s`` modules), by ``FlopAnalyzer`` operator name.
+    ``C = channels``, ``P = height * width``.
 
     Released code, both layouts: four 1x1 convolutions over every position,
     ``conv_q_right`` C -> 1 (``C P``) and ``conv_v_right``, ``conv_q_left``, ``conv_v_left``
@@ -95,41 +97,6 @@ def psa_released_macs(channels: int, height: int, width: int, mode: str = 'paral
         counts['conv'] += half * c
         if formulation == 'paper':
             counts['layer_norm'] = 5 * c
-    return Counter({k: v * batch for k, v in counts.items()})
-
-
-def psa_executed_macs(channels: int, height: int, width: int, mode: str = 'parallel',
-                      formulation: str = 'released', batch: int = 1) -> Counter:
-    """What ``FlopAnalyzer`` counts for mmattn's reassociated PSA forward (see
-    ``PolarizedSelfAttention``): the q/v projections act on pooled vectors, so only ``x`` is
-    read over the positions. ``C = channels``, ``P = height * width``.
-
-    PSA_p: ``bmm`` of x with [w_q_right; W_v_left^T g] (``2 C P``) and with softmax(q)
-    (``C P``); ``linear`` W_q_left mean(x), W_v_right pooled, conv_up (``3 C^2/2``);
-    ``matmul`` g W_v_left (``C^2/2``). Total ``3 C P + 2 C^2``.
-    PSA_s (released): ``matmul`` q (``C P``), ``bmm`` pooled (``C P``), theta with the per-sample
-    folded weights (``C^2/2 P``) and g theta (``C/2 P``); ``linear`` W_v_right, W_q_left,
-    bottleneck (``C^2 + C^2/16 + C^2/8``); ``layer_norm`` (``5 C/8``).
-    """
-    c, p = int(channels), int(height) * int(width)
-    half = c // 2
-    counts = Counter()
-    if mode == 'parallel':
-        counts['bmm'] = 3 * c * p
-        counts['linear'] = 3 * half * c
-        counts['matmul'] = half * c
-        if formulation == 'paper':
-            counts['layer_norm'] = 5 * c
-    elif formulation == 'released':
-        counts['matmul'] = c * p
-        counts['bmm'] = c * p + half * c * p + half * p
-        counts['linear'] = 2 * half * c + half * (c // 2 // 4) + (c // 2 // 4) * c
-        counts['layer_norm'] = 5 * (c // 2 // 4)
-    else:
-        counts['matmul'] = c * p + half * c
-        counts['bmm'] = c * p + c * p
-        counts['linear'] = 3 * half * c
-        counts['layer_norm'] = 5 * c
     return Counter({k: v * batch for k, v in counts.items()})
 
 
@@ -205,12 +172,6 @@ ANALYTIC_COUNTS.update({
     'ACmix': _acmix_count,
     'DeformableConvV2': _deform_conv_count,
 })
-
-
-def register_analytic_count(class_name: str, fn: Callable[[nn.Module, Sequence[int]], Counter]):
-    """Count modules of ``class_name`` analytically in the ``released``/``paper`` figures."""
-    ANALYTIC_COUNTS[class_name] = fn
-    return fn
 
 
 # ------------------------------------------------------------------------------------------
@@ -319,9 +280,9 @@ _EXTRA_HANDLES = {
 }
 
 
-def _tensor_mode(model: nn.Module) -> Callable:
+def _tensor_mode(model: nn.Module, data_samples=None) -> Callable:
     """A forward taking the image tensor only: OpenMMLab models in ``mode='tensor'`` (what
-    mmseg's and mmpose's get_flops trace), any other module as it is."""
+    mmseg's, mmpose's and mmdet's get_flops trace), any other module as it is."""
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -329,16 +290,17 @@ def _tensor_mode(model: nn.Module) -> Callable:
     if 'mode' in params:
         kwargs = dict(mode='tensor')
         if 'data_samples' in params:
-            kwargs['data_samples'] = None
+            kwargs['data_samples'] = data_samples
         return functools.partial(model.forward, **kwargs)
     return model.forward
 
 
 def analyze_model(model: nn.Module, input_shape: Sequence[int], name: str = '',
                   class_names: Optional[Iterable[str]] = None,
-                  inputs: Optional[torch.Tensor] = None) -> Complexity:
+                  inputs: Optional[torch.Tensor] = None, data_samples=None) -> Complexity:
     """Count ``model`` on a random input of ``input_shape`` (``(C, H, W)`` or ``(N, C, H,
-    W)``) with mmengine's ``FlopAnalyzer`` and ``parameter_count``."""
+    W)``) with mmengine's ``FlopAnalyzer`` and ``parameter_count``. ``data_samples`` go to a
+    ``mode='tensor'`` forward (a two-stage detector's proposals need the image shapes)."""
     from mmengine.analysis import FlopAnalyzer, parameter_count
 
     shape = tuple(int(s) for s in input_shape)
@@ -358,7 +320,7 @@ def analyze_model(model: nn.Module, input_shape: Sequence[int], name: str = '',
         handles.append(module.register_forward_pre_hook(record))
 
     original_forward = model.__dict__.get('forward')
-    model.forward = _tensor_mode(model)
+    model.forward = _tensor_mode(model, data_samples)
     was_training = model.training
     model.eval()
     try:
@@ -449,21 +411,55 @@ def _loads_checkpoint(init_cfg) -> bool:
     return False
 
 
+class ConfigError(ValueError):
+    """A config this module cannot count, with the reason in one line."""
+
+
+def _check_scope(cfg, path: str) -> None:
+    """The package of the config's ``default_scope`` must be importable: without it the model's
+    types cannot be found (mmengine only warns and then fails on the first type)."""
+    scope = cfg.get('default_scope')
+    if scope and importlib.util.find_spec(scope) is None:
+        raise ConfigError(f'{path}: default_scope {scope!r} needs the package {scope!r}, which '
+                          f'is not installed here (models of installed OpenMMLab packages can '
+                          f'be counted: mmseg, mmpose, mmdet, ...)')
+
+
 def load_config(path: str, cfg_options: Optional[dict] = None):
     """The config at ``path`` with ``cfg_options`` merged and pretrained weights disabled."""
     from mmengine.config import Config
 
     import mmattn  # noqa: F401  (registers the modules, as custom_imports would)
-    cfg = Config.fromfile(path)
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as exc:  # noqa: BLE001 - e.g. a `_base_ = 'pkg::...'` of a missing package
+        raise ConfigError(f'cannot load config {path}: {type(exc).__name__}: '
+                          f'{" ".join(str(exc).split())}') from exc
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    _check_scope(cfg, path)
+    if not isinstance(cfg.get('model'), dict):
+        raise ConfigError(f'{path} defines no model dict')
     disable_pretrained(cfg._cfg_dict['model'])
     return cfg
 
 
+def _test_resize_shape(cfg) -> Optional[Tuple[int, int]]:
+    """(H, W) of the test pipeline's fixed ``Resize`` (mmdet gives ``scale`` as (W, H))."""
+    loader = cfg.get('test_dataloader') or cfg.get('val_dataloader') or {}
+    pipeline = (loader.get('dataset') or {}).get('pipeline') or cfg.get('test_pipeline') or []
+    for step in pipeline:
+        scale = step.get('scale') if isinstance(step, dict) else None
+        if 'Resize' in str(step.get('type', '')) and isinstance(scale, (list, tuple)) and \
+                len(scale) == 2:
+            return int(scale[1]), int(scale[0])
+    return None
+
+
 def default_input_shape(cfg) -> Tuple[int, int]:
-    """``(H, W)`` the config trains on: the codec's ``input_size`` (mmpose, given as W, H) or
-    ``crop_size`` (mmseg, given as H, W)."""
+    """``(H, W)`` the config trains or tests on: the codec's ``input_size`` (mmpose, given as
+    W, H), ``crop_size`` (mmseg, given as H, W), else the test pipeline's ``Resize`` scale
+    (mmdet, given as W, H), padded up to the data preprocessor's ``pad_size_divisor``."""
     codec = cfg.get('codec')
     if isinstance(codec, (list, tuple)) and codec:
         codec = codec[0]
@@ -479,8 +475,12 @@ def default_input_shape(cfg) -> Tuple[int, int]:
     preprocessor = cfg.get('model', {}).get('data_preprocessor') or {}
     if preprocessor.get('size'):
         return tuple(int(s) for s in preprocessor['size'])[:2]
-    raise ValueError('cannot find the input size in the config (codec.input_size, crop_size); '
-                     'give --shape H W')
+    resized = _test_resize_shape(cfg)
+    if resized is not None:
+        divisor = int(preprocessor.get('pad_size_divisor') or 1)
+        return tuple(-(-s // divisor) * divisor for s in resized)
+    raise ConfigError('cannot find the input size in the config (codec.input_size, crop_size, '
+                      'a test pipeline Resize scale); give --shape H W')
 
 
 def build_model(cfg) -> nn.Module:
@@ -491,10 +491,27 @@ def build_model(cfg) -> nn.Module:
     scope = cfg.get('default_scope')
     if scope:
         init_default_scope(scope)
-    model = MODELS.build(copy.deepcopy(cfg.model))
+    try:
+        model = MODELS.build(copy.deepcopy(cfg.model))
+    except KeyError as exc:  # a type no imported package registers
+        raise ConfigError(f'cannot build the model: {" ".join(str(exc).strip(chr(39)).split())} '
+                          f'(default_scope: {scope!r}; a type of another OpenMMLab package '
+                          f'needs that package installed and the config\'s default_scope set '
+                          f'to it)') from exc
     model = revert_sync_batchnorm(model)
     model.eval()
     return model
+
+
+def _data_samples(cfg, shape: Tuple[int, int]):
+    """Data samples with the image shapes for an mmdet model's ``tensor`` forward (a two-stage
+    detector's RPN reads them to decode proposals), else None."""
+    if cfg.get('default_scope') != 'mmdet':
+        return None
+    from mmdet.structures import DetDataSample
+    h, w = shape
+    return [DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                                        batch_input_shape=(h, w), scale_factor=(1.0, 1.0)))]
 
 
 def analyze_config(path: str, shape: Optional[Sequence[int]] = None,
@@ -509,7 +526,8 @@ def analyze_config(path: str, shape: Optional[Sequence[int]] = None,
         shape = shape * 2
     model = build_model(cfg)
     in_channels = 3
-    result = analyze_model(model, (in_channels, ) + shape[-2:], name=_stem(path))
+    result = analyze_model(model, (in_channels, ) + shape[-2:], name=_stem(path),
+                           data_samples=_data_samples(cfg, shape[-2:]))
     result.task = cfg.get('default_scope') or ''
     result.config = path
     return result

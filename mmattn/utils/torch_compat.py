@@ -9,7 +9,8 @@ from typing import Any, List
 import torch
 
 __all__ = ['TORCH_VERSION', 'is_compiling', 'is_capturing', 'autocast_enabled', 'autocast_dtype',
-           'disabled_grad_scaler', 'register_load_state_dict_pre_hook', 'tree_leaves']
+           'disabled_grad_scaler', 'float32_or_wider', 'register_load_state_dict_pre_hook',
+           'tree_leaves']
 
 
 def _version_tuple(version: str) -> tuple:
@@ -42,13 +43,13 @@ def is_capturing() -> bool:
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` (the per-device query exists from 2.4; 2.1
     has ``is_autocast_enabled()`` for CUDA and ``is_autocast_cpu_enabled()``). A device type
-    without autocast support answers False."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4: no argument
-        pass
-    except (RuntimeError, ValueError):  # a device type autocast does not know
-        return False
+    without autocast support answers False. Decided by version, not by trying, so that
+    torch.compile/export can trace it."""
+    if TORCH_VERSION >= (2, 4):
+        try:
+            return torch.is_autocast_enabled(device_type)
+        except (RuntimeError, ValueError):  # a device type autocast does not know
+            return False
     if device_type == 'cpu':
         return torch.is_autocast_cpu_enabled()
     if device_type == 'cuda':
@@ -63,6 +64,12 @@ def autocast_dtype(device_type: str) -> torch.dtype:
     if device_type == 'cpu':
         return torch.get_autocast_cpu_dtype()
     return torch.get_autocast_gpu_dtype()
+
+
+def float32_or_wider(dtype: torch.dtype) -> torch.dtype:
+    """``torch.promote_types(dtype, torch.float32)`` for floating dtypes: float64 stays, the
+    16-bit types and float32 give float32. (torch 2.1's export cannot trace promote_types.)"""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def disabled_grad_scaler(device_type: str = 'cpu'):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from _guards import NoLargeTensors
+from _torch_support import requires_cpu_float16
 
 from mmattn.models.layers.softmax_attention import (ChunkedSoftmaxAttention, chunk_rows,
                                                     softmax_attention)
@@ -80,7 +81,8 @@ def test_cpu_dispatch_blockwise_for_unequal_dims_and_fused_kernel_for_equal():
     torch.testing.assert_close(out, explicit(q, k, v, 1.0), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('dtype', [torch.bfloat16,
+                                   pytest.param(torch.float16, marks=requires_cpu_float16)])
 def test_16_bit_inputs(dtype):
     """16-bit q, k, v: output and gradients in that dtype, as close to the float64 result as
     16 bits allow (logits, softmax and backward accumulate in float32)."""

@@ -310,3 +310,87 @@ def test_flat_plugins_on_hrnet_are_mmattn_plugins_and_given_once():
     with pytest.raises(ValueError, match=r'given twice, as plugins= and attention_plugins='):
         _build('mmseg', dict(type='AttentionBackbone', backbone_type='HRNet', extra=extra,
                              plugins=[], attention_plugins=dict(preset='released', cfg=PROBE)))
+
+
+def _attention_classes():
+    from mmattn.models.layers import attention_class_names
+    return attention_class_names()
+
+
+@pytest.mark.parametrize('cls', _attention_classes())
+def test_every_module_as_block_plugin_or_refused_at_build(cls):
+    """Every module that keeps (C, H, W) runs as a block plugin; SPDConv (C, H, W) ->
+    (2C, H/2, W/2) is refused when the backbone is built, naming the module and the place."""
+    from mmseg.models.backbones.resnet import BasicBlock
+    block = BasicBlock(16, 16).eval()
+    plugin = dict(cfg=dict(type=cls), position='after_conv1')
+    if cls == 'SPDConv':
+        with pytest.raises(ValueError, match=r"plugin SPDConv at 'after_conv1' of BasicBlock "
+                                             r"0 changes the shape of its input \(\(1, 16, 16, "
+                                             r"16\) -> \(1, 32, 8, 8\)\)"):
+            add_block_plugins(torch.nn.Sequential(block), plugin)
+        assert not hasattr(block, 'spd')  # nothing half-inserted
+        return
+    (path, ) = add_block_plugins(torch.nn.Sequential(block), plugin)
+    x = torch.randn(2, 16, 12, 10)
+    with torch.no_grad():
+        assert block(x).shape == x.shape
+
+
+@pytest.mark.parametrize('cls', [c for c in _attention_classes() if c != 'SPDConv'])
+def test_class_names_work_in_mmcv_plugins(cls):
+    """mmcv's own plugins= (mmdet's ResNet Bottleneck, build_plugin_layer) looks types up by
+    registered name: mmattn's class names work there and the module runs inside the block."""
+    from mmdet.models.backbones.resnet import Bottleneck
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        block = Bottleneck(64, 16, plugins=[dict(cfg=dict(type=cls), position='after_conv2')])
+    (name, ) = block.after_conv2_plugin_names
+    attention = getattr(block, name)
+    assert type(attention).__name__ == cls and attention.in_channels == 16
+    calls = []
+    attention.register_forward_hook(lambda *args: calls.append(1))
+    block.eval()
+    with torch.no_grad():
+        assert block(torch.randn(1, 64, 12, 12)).shape == (1, 64, 12, 12)
+    assert calls == [1]
+
+
+def test_short_names_are_not_found_by_mmcv_plugins():
+    """What the README says: short names are mmattn's own vocabulary (build_attention,
+    AttentionBackbone, AttentionNeck); mmcv's registry lookup knows only class names."""
+    from mmdet.models.backbones.resnet import Bottleneck
+    with DefaultScope.overwrite_default_scope('mmdet'), pytest.raises(KeyError):
+        Bottleneck(64, 16, plugins=[dict(cfg=dict(type='eca'), position='after_conv2')])
+
+
+def _batch_norms(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_attention_norms_train_under_norm_eval():
+    """mmdet's ResNet (norm_eval=True, frozen_stages=1) keeps its own BatchNorms in eval mode;
+    the attention modules' BatchNorms train (they have no pretrained statistics to keep),
+    except in a frozen stage, where the attention module itself is in eval mode."""
+    model = _build('mmdet', dict(
+        type='AttentionBackbone', backbone_type='ResNet', depth=50, frozen_stages=1,
+        attention_plugins=[dict(cfg=dict(type='TripletAttention'), position='after_conv2')]))
+    assert model.norm_eval
+    model.train()
+    attention = {p: model.get_submodule(p) for p in model.attention_plugins}
+    inside = {id(m) for a in attention.values() for m in _batch_norms(a)}
+    own = [m for m in _batch_norms(model) if id(m) not in inside]
+    assert own and not any(m.training for m in own)
+    for path, module in attention.items():
+        norms = _batch_norms(module)
+        assert len(norms) == 3  # Triplet: one per branch
+        frozen = path.startswith('layer1.')
+        assert all(m.training != frozen for m in norms), path
+    # the statistics move in training, for the unfrozen attention modules only
+    before = {p: [m.running_mean.clone() for m in _batch_norms(a)] for p, a in attention.items()}
+    model(torch.randn(2, 3, 64, 64))
+    for path, module in attention.items():
+        moved = [not torch.equal(m.running_mean, b)
+                 for m, b in zip(_batch_norms(module), before[path])]
+        assert all(moved) if not path.startswith('layer1.') else not any(moved), path
+    model.eval()
+    assert not any(m.training for m in _batch_norms(model))

@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -12,8 +13,8 @@ from mmengine.analysis import FlopAnalyzer
 
 import mmattn  # noqa: F401
 from mmattn.analysis import (PAPER_GIGA, analyze_model, attention_modules, disable_pretrained,
-                             find_baseline, format_report, markdown_table, psa_executed_macs,
-                             psa_released_macs, write_markdown)
+                             find_baseline, format_report, markdown_table, psa_released_macs,
+                             write_markdown)
 from mmattn.models.layers import PolarizedSelfAttention
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -27,6 +28,41 @@ def _within(value, reference, rel=0.01):
 
 
 # ----------------------------------------------------------------------------- closed forms
+def psa_executed_macs(channels: int, height: int, width: int, mode: str = 'parallel',
+                      formulation: str = 'released', batch: int = 1) -> Counter:
+    """What ``FlopAnalyzer`` counts for mmattn's reassociated PSA forward (see
+    ``PolarizedSelfAttention``): the q/v projections act on pooled vectors, so only ``x`` is
+    read over the positions. ``C = channels``, ``P = height * width``.
+
+    PSA_p: ``bmm`` of x with [w_q_right; W_v_left^T g] (``2 C P``) and with softmax(q)
+    (``C P``); ``linear`` W_q_left mean(x), W_v_right pooled, conv_up (``3 C^2/2``);
+    ``matmul`` g W_v_left (``C^2/2``). Total ``3 C P + 2 C^2``.
+    PSA_s (released): ``matmul`` q (``C P``), ``bmm`` pooled (``C P``), theta with the per-sample
+    folded weights (``C^2/2 P``) and g theta (``C/2 P``); ``linear`` W_v_right, W_q_left,
+    bottleneck (``C^2 + C^2/16 + C^2/8``); ``layer_norm`` (``5 C/8``).
+    """
+    c, p = int(channels), int(height) * int(width)
+    half = c // 2
+    counts = Counter()
+    if mode == 'parallel':
+        counts['bmm'] = 3 * c * p
+        counts['linear'] = 3 * half * c
+        counts['matmul'] = half * c
+        if formulation == 'paper':
+            counts['layer_norm'] = 5 * c
+    elif formulation == 'released':
+        counts['matmul'] = c * p
+        counts['bmm'] = c * p + half * c * p + half * p
+        counts['linear'] = 2 * half * c + half * (c // 2 // 4) + (c // 2 // 4) * c
+        counts['layer_norm'] = 5 * (c // 2 // 4)
+    else:
+        counts['matmul'] = c * p + half * c
+        counts['bmm'] = c * p + c * p
+        counts['linear'] = 3 * half * c
+        counts['layer_norm'] = 5 * c
+    return Counter({k: v * batch for k, v in counts.items()})
+
+
 def test_conv_counts_multiply_adds():
     """One fused multiply-add = one flop: a conv counts Cout * Cin/groups * k*k * Hout*Wout,
     bias and additions not counted."""
@@ -66,7 +102,7 @@ def test_psa_module_share(mode, formulation):
 
 
 def test_psa_p_closed_form():
-    """SPEC 2.1, PSA_p, C channels, P = H*W positions: conv_q_right C P, conv_v_right /
+    """Released PSA_p (DeLightCMU/PSA), C channels, P = H*W positions: conv_q_right C P, conv_v_right /
     conv_q_left / conv_v_left C^2/2 P each, v @ q and g @ theta C/2 P each, avgpool C/2 P,
     conv_up C^2/2; the fused forward runs 3 C P + 2 C^2."""
     c, h, w = 48, 64, 48
@@ -78,7 +114,7 @@ def test_psa_p_closed_form():
 
 
 class _ReleasedPSA(nn.Module):
-    """The released PSA maths written out op by op (SPEC 2.1), to check that the analytic
+    """The released PSA maths written out op by op (DeLightCMU/PSA `PSA_p`/`PSA_s`), to check that the analytic
     count equals what FlopAnalyzer counts for the unfused computation."""
 
     def __init__(self, c, mode, formulation):
@@ -314,3 +350,63 @@ def test_zoo_table_counts_every_module(tmp_path):
     # rows and the pooling over positions (3 C P) plus four C x C/2 matrix-vector products
     counted = analyze_model(mmattn.build_attention('psa_p', c), (c, 16, 16))
     assert counted.flops == 3 * c * p + 4 * (c // 2) * c
+
+
+# ----------------------------------------------------------------------------- mmdet, errors
+def _mmdet_config(name):
+    import mmdet
+    return pathlib.Path(mmdet.__file__).parent / '.mim' / 'configs' / name
+
+
+def test_mmdet_default_shape_is_the_test_resize_padded():
+    """mmdet configs have no crop size: the test pipeline's Resize scale (1333, 800) as W, H,
+    padded to the data preprocessor's pad_size_divisor (32): 800 x 1344."""
+    from mmattn.analysis import default_input_shape, load_config
+    cfg = load_config(str(_mmdet_config('retinanet/retinanet_r50_fpn_1x_coco.py')))
+    assert default_input_shape(cfg) == (800, 1344)
+
+
+FASTER_RCNN_CBAM = """_base_ = {base!r}
+model = dict(backbone=dict(type='AttentionBackbone', backbone_type='ResNet',
+                           attention_plugins=[dict(cfg=dict(type='CBAM'), position='after_conv3',
+                                                   stages=(4, ))]))
+test_dataloader = dict(dataset=dict(pipeline=[
+    dict(type='LoadImageFromFile'), dict(type='Resize', scale=(100, 60), keep_ratio=True),
+    dict(type='PackDetInputs')]))
+"""
+
+
+def test_cli_two_stage_mmdet_without_shape(tmp_path, capsys):
+    """A two-stage detector (its RPN needs the image shapes in the data samples) with CBAM in
+    ResNet stage 4, counted at the test pipeline's size without --shape."""
+    import importlib.util
+    config = tmp_path / 'faster-rcnn_r50-cbam.py'
+    config.write_text(FASTER_RCNN_CBAM.format(
+        base=str(_mmdet_config('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'))))
+    spec = importlib.util.spec_from_file_location('get_flops', ROOT / 'tools/analysis/get_flops.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(config)]) == 0
+    out = capsys.readouterr().out
+    assert 'task: mmdet    input: 1x3x64x128' in out  # (60, 100) padded to 32
+    assert 'CBAM x3' in out  # ResNet-50 stage 4: 3 Bottlenecks
+
+
+@pytest.mark.parametrize('text,message', [
+    ("default_scope = 'mmpretrain'\nmodel = dict(type='ImageClassifier')\n",
+     r"default_scope 'mmpretrain' needs the package 'mmpretrain', which is not installed"),
+    ("_base_ = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'\n",
+     r'cannot load config .*mmpretrain'),
+    ("model = dict(type='NoSuchModel')\n", r'cannot build the model: NoSuchModel is not in'),
+])
+def test_cli_unusable_config_gives_one_line(tmp_path, text, message):
+    import re
+    config = tmp_path / 'other.py'
+    config.write_text(text)
+    proc = subprocess.run([sys.executable, str(ROOT / 'tools' / 'analysis' / 'get_flops.py'),
+                           str(config), '--shape', '32'], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert len(lines) == 1 and re.search(message, lines[0]), proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr

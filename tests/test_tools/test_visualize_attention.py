@@ -123,7 +123,7 @@ def _psa(mode, formulation, c=16):
 
 
 def _plain_gates(module, x):
-    """PSA's two gates written out with 1x1 convs (the released / paper maths of SPEC 2.1):
+    """PSA's two gates written out with 1x1 convs (the released code / the paper's equations):
     a_ch from x, and a_sp from the input the spatial branch sees (x, or x * a_ch in PSA_s)."""
     n, c, h, w = x.shape
     # channel branch
@@ -316,6 +316,43 @@ def test_pose_topdown(tool, tmp_path, restore_default_scope, capsys):
     assert sorted(result['files']) == sorted(str(out_dir / f) for f in os.listdir(out_dir))
     printed = capsys.readouterr().out
     assert all(f'wrote {f}' in printed for f in result['files'])
+
+
+RETINANET_CBAM = """_base_ = {base!r}
+model = dict(backbone=dict(type='AttentionBackbone', backbone_type='ResNet',
+                           attention_plugins=[dict(cfg=dict(type='CBAM'), position='after_conv2',
+                                                   stages=(2, 3, 4))]))
+"""
+
+
+def test_mmdet_detector(tool, tmp_path, restore_default_scope):
+    """An mmdet RetinaNet (ResNet-18 + CBAM in stages 2-4: 2 BasicBlocks each) through
+    ``inference_detector``: the test pipeline's resize (shrunk here) and padding to 32."""
+    import mmdet
+    base = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs', 'retinanet',
+                    'retinanet_r18_fpn_1x_coco.py')
+    config = tmp_path / 'retinanet_r18-cbam.py'
+    config.write_text(RETINANET_CBAM.format(base=base))
+    image = _write_image(tmp_path / 'street.png', 90, 120)
+    result = tool.main([str(config), 'none', image, '--out-dir', str(tmp_path / 'o'),
+                        '--device', 'cpu', '--cfg-options',
+                        'test_dataloader.dataset.pipeline.1.scale=(128,96)'])
+    stats = result['stats']
+    assert stats['task'] == 'mmdet' and stats['input_size'] == [96, 128]
+    assert stats['num_modules'] == 6
+    sizes = {rec['stage']: rec['feature_size'] for rec in stats['modules']}
+    assert sizes == {2: [12, 16], 3: [6, 8], 4: [3, 4]}  # strides 8, 16, 32
+    assert all(rec['type'] == 'CBAM' and rec['source'] == 'module.attention_maps'
+               for rec in stats['modules'])
+
+
+def test_unsupported_scope_is_one_line(tool, tmp_path):
+    config = tmp_path / 'cls.py'
+    config.write_text("default_scope = 'mmpretrain'\nmodel = dict(type='ImageClassifier')\n")
+    image = _write_image(tmp_path / 'a.png', 16, 16)
+    with pytest.raises(tool.VisualizeError, match=r"default_scope is 'mmpretrain'; this tool "
+                                                  r"runs configs of \('mmseg', 'mmpose', 'mmdet'\)"):
+        tool.main([str(config), 'none', image])
 
 
 # ----------------------------------------------------------------------------- errors

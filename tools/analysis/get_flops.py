@@ -112,6 +112,16 @@ def zoo_table(channels: int, shape) -> str:
 
 
 def main(argv=None):
+    """Run the tool; a config it cannot count ends in one line on stderr and exit status 2."""
+    from mmattn.analysis import ConfigError
+    try:
+        return _main(argv)
+    except ConfigError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+
+
+def _main(argv=None):
     args = parse_args(argv)
     if args.zoo is not None:
         from mmattn.analysis import write_markdown
@@ -145,7 +155,8 @@ def main(argv=None):
     def count_or_failure(path):
         try:
             return count(path)
-        except Exception as exc:  # a broken config gets an error row, the table goes on
+        # a broken config gets an error row, the table goes on
+        except Exception as exc:  # noqa: BLE001
             print(f'cannot count {path}: {type(exc).__name__}: {exc}', file=sys.stderr)
             failure = Failure(osp.splitext(osp.basename(path))[0],
                               f'{type(exc).__name__}: {exc}')

@@ -1,4 +1,4 @@
-"""Draw what the attention modules of a segmentation or pose model do on one image.
+"""Draw what the attention modules of a segmentation, pose or detection model do on one image.
 
     python tools/analysis/visualize_attention.py CONFIG CHECKPOINT IMAGE [--out-dir DIR] \
         [--device cpu] [--cfg-options k=v ...] [--bbox X Y W H] [--sort-channels] \
@@ -8,7 +8,8 @@ CHECKPOINT may be ``none`` to look at an untrained model. The task is read from 
 ``default_scope``: an mmseg config runs the model's test pipeline on the image
 (``mmseg.apis.inference_model``, whole-image inference); an mmpose top-down config runs
 ``mmpose.apis.inference_topdown`` with the whole image, or ``--bbox`` (x y w h in pixels), as
-the person box (without flip test).
+the person box (without flip test); an mmdet config runs ``mmdet.apis.inference_detector``
+(the test pipeline's resize and padding). Other scopes are refused with one line.
 
 Every mmattn attention module in the model is found, its input captured during that one
 inference, and its maps computed (``mmattn.visualization.attention_maps``): the module's own
@@ -28,6 +29,7 @@ branch 1, module 2 / block 3). Written to ``--out-dir``:
   size, where the maps came from, and min/max/mean/std of the spatial and channel maps.
 """
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -38,7 +40,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-TASKS = ('mmseg', 'mmpose')
+TASKS = ('mmseg', 'mmpose', 'mmdet')
 FALLBACK_SOURCE = 'gain |out|/|x| (approximation)'
 
 
@@ -51,7 +53,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Save PNGs of what the attention modules of a model do on an image: '
         'spatial maps overlaid on the image and channel weights as bars, per stage.')
-    parser.add_argument('config', help='mmseg or mmpose (top-down) config file')
+    parser.add_argument('config', help='mmseg, mmpose (top-down) or mmdet config file')
     parser.add_argument('checkpoint', help="checkpoint file, or 'none' for an untrained model")
     parser.add_argument('image', help='image file')
     parser.add_argument('--out-dir', default=None,
@@ -116,7 +118,11 @@ def load_config(args):
     task = cfg.get('default_scope')
     if task not in TASKS:
         raise VisualizeError(f'config default_scope is {task!r}; this tool runs configs of '
-                             f'{TASKS} (mmseg segmentors, mmpose top-down estimators)')
+                             f'{TASKS} (mmseg segmentors, mmpose top-down estimators, mmdet '
+                             f'detectors)')
+    if importlib.util.find_spec(task) is None:
+        raise VisualizeError(f'config default_scope is {task!r}, but the package {task!r} is '
+                             f'not installed')
     notes = []
     if task == 'mmseg':
         test_cfg = cfg.model.get('test_cfg') or {}
@@ -127,6 +133,10 @@ def load_config(args):
         if args.bbox is not None:
             raise VisualizeError('--bbox is for pose (mmpose top-down) configs; this is an '
                                  'mmseg config')
+    elif task == 'mmdet':
+        if args.bbox is not None:
+            raise VisualizeError('--bbox is for pose (mmpose top-down) configs; this is an '
+                                 'mmdet config')
     else:
         if cfg.model.get('type') != 'TopdownPoseEstimator':
             raise VisualizeError(f'only top-down pose configs are supported; this model is '
@@ -142,6 +152,8 @@ def load_config(args):
 def build_model(cfg, task: str, checkpoint: Optional[str], device: str):
     if task == 'mmseg':
         from mmseg.apis import init_model
+    elif task == 'mmdet':
+        from mmdet.apis import init_detector as init_model
     else:
         from mmpose.apis import init_model
     model = init_model(cfg, None, device=device)
@@ -162,6 +174,9 @@ def run_inference(model, task: str, image: str, bbox: Optional[Sequence[float]])
     if task == 'mmseg':
         from mmseg.apis import inference_model
         return inference_model(model, image)
+    if task == 'mmdet':
+        from mmdet.apis import inference_detector
+        return inference_detector(model, image)
     from mmpose.apis import inference_topdown
     bboxes = None
     if bbox is not None:

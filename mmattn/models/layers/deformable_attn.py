@@ -9,6 +9,7 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from mmattn.registry import MODELS
+from mmattn.utils.torch_compat import float32_or_wider
 from .helpers import (build_act, check_bool, check_choice, check_divisible, check_input,
                       check_int, check_positive)
 
@@ -268,7 +269,7 @@ class DeformableAttention2d(BaseModule):
         g = self.num_groups
         offset = self.conv_offset(q.reshape(n * g, self.group_channels, h, w))
         hk, wk = offset.shape[-2:]
-        dtype = torch.promote_types(offset.dtype, torch.float32)
+        dtype = float32_or_wider(offset.dtype)
         offset = offset.to(dtype)
         released = self.reference_grid == 'released'
         ref_x, ref_y = torch.meshgrid(_axis(wk, q.device, dtype, released),
