@@ -5,6 +5,8 @@
 # Everything but the data, crop and schedule is mmseg's own Cityscapes OCRNet config.
 _base_ = 'mmseg::ocrnet/ocrnet_hr18s_4xb2-160k_cityscapes-512x1024.py'
 custom_imports = dict(imports=['mmattn'], allow_failed_imports=False)
+# atomic checkpoints, resume from the last complete one, random states saved (mmattn.engine)
+runner_type = 'ResumableRunner'
 
 data_root = 'data/tiny/cityscapes_context/'
 crop_size = (64, 128)

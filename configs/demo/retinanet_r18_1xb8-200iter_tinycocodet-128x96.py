@@ -5,6 +5,8 @@
 # RetinaNet-R18 config.
 _base_ = 'mmdet::retinanet/retinanet_r18_fpn_1x_coco.py'
 custom_imports = dict(imports=['mmattn'], allow_failed_imports=False)
+# atomic checkpoints, resume from the last complete one, random states saved (mmattn.engine)
+runner_type = 'ResumableRunner'
 
 data_root = 'data/tiny/coco/'
 metainfo = dict(classes=('person', ), palette=[(220, 20, 60)])

@@ -147,7 +147,8 @@ def _base_info(opts: CompareOptions):
     imports = (cfg.get('custom_imports') or {}).get('imports') or []
     if isinstance(imports, str):
         imports = [imports]
-    return scope, (backbone.to_dict() if hasattr(backbone, 'to_dict') else backbone), imports
+    backbone = backbone.to_dict() if hasattr(backbone, 'to_dict') else backbone
+    return scope, backbone, imports, 'runner_type' not in cfg
 
 
 def _variants(opts: CompareOptions) -> List[Variant]:
@@ -173,7 +174,7 @@ def run_comparison(opts: CompareOptions, log: Callable[[str], None] = print) -> 
     seeds = list(dict.fromkeys(int(s) for s in opts.seeds))
     if not seeds:
         raise ValueError('give at least one seed')
-    scope, base_backbone, imports = _base_info(opts)
+    scope, base_backbone, imports, add_runner = _base_info(opts)
     metric = opts.metric or DEFAULT_METRICS.get(scope)
     if metric is None:
         raise ValueError(f'no default metric for default_scope {scope!r}; give --metric')
@@ -190,7 +191,8 @@ def run_comparison(opts: CompareOptions, log: Callable[[str], None] = print) -> 
     configs, specs = {}, []
     texts = {}
     for variant in variants:
-        texts[variant.name] = variant_config_text(variant, opts.config, base_backbone, imports)
+        texts[variant.name] = variant_config_text(variant, opts.config, base_backbone, imports,
+                                                  resumable=add_runner)
         configs[variant.name] = osp.join(work_dir, 'configs', f'{variant.name}.py')
     for seed in seeds:
         for variant in variants:

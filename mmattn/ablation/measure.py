@@ -124,8 +124,6 @@ def benchmark_variants(configs: Dict[str, str], cfg_options: Optional[dict] = No
             cfg = load_variant_config(path, cfg_options)
             torch.manual_seed(0)
             model = build_model(cfg).to(device)
-            if hasattr(model, 'init_weights'):
-                model.init_weights()
             benches[name] = (model, _optim_wrapper(cfg, model, device))
         except Exception as exc:  # noqa: BLE001  (reported in the table, the others go on)
             out[name]['error'] = f'{type(exc).__name__}: {exc}'.splitlines()[0][:300]

@@ -15,12 +15,14 @@ __all__ = ['summarise', 'write_outputs', 'COLUMNS', 'plot']
 # (json key, csv/markdown header, markdown format)
 COLUMNS = [
     ('variant', 'variant', '{}'),
-    ('metric_mean', '{metric} mean', '{:.2f}'),
-    ('metric_std', '{metric} std', '{:.2f}'),
+    ('metric_mean', '{metric} mean', '{:.{d}f}'),
+    ('metric_std', '{metric} std', '{:.{d}f}'),
     ('n_ok', 'seeds ok', '{}'),
-    ('delta', 'delta vs baseline', '{:+.2f}'),
+    ('delta', 'delta vs baseline', '{:+.{d}f}'),
     ('params_m', 'params (M)', '{:.3f}'),
+    ('params_pct', 'params vs baseline', '{:+.2f}%'),
     ('gflops', 'GFLOPs executed', '{:.3f}'),
+    ('gflops_pct', 'GFLOPs vs baseline', '{:+.2f}%'),
     ('gflops_released', 'GFLOPs released', '{:.3f}'),
     ('train_ms_per_iter', 'train ms/iter', '{:.0f}'),
     ('infer_ms_per_img', 'infer ms/img', '{:.1f}'),
@@ -82,15 +84,25 @@ def summarise(variants: Sequence, records: Dict[str, List[dict]], complexity: Di
             row['delta'] = float('nan')
         else:
             row['delta'] = row['metric_mean'] - base['metric_mean']
+        for key in ('params_m', 'gflops'):
+            ref = base.get(key) if base else None
+            row[key.split('_')[0] + '_pct'] = float('nan') if _nan(ref) or _nan(
+                row[key]) or not ref else 100.0 * (row[key] / ref - 1.0)
     return rows
 
 
-def _cell(value, fmt: str) -> str:
+def _cell(value, fmt: str, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return '-'
     if isinstance(value, (list, tuple)):
         return 'x'.join(str(v) for v in value)
-    return fmt.format(value)
+    return fmt.format(value, d=digits)
+
+
+def metric_digits(rows: List[dict]) -> int:
+    """Decimals for the metric: 4 on a 0-1 scale (COCO AP), 2 on a percentage (mIoU)."""
+    values = [v for r in rows for v in r['values'].values()]
+    return 4 if values and max(abs(v) for v in values) <= 1.0 else 2
 
 
 def _md_escape(text: str) -> str:
@@ -99,6 +111,7 @@ def _md_escape(text: str) -> str:
 
 def markdown(rows: List[dict], metric: str, header: Sequence[str] = ()) -> str:
     heads = [h.format(metric=metric) for _, h, _ in COLUMNS]
+    digits = metric_digits(rows)
     lines = list(header) + ['| ' + ' | '.join(heads) + ' |',
                             '|' + '|'.join(['---'] + ['---:'] * (len(heads) - 2) + ['---']) + '|']
     for row in rows:
@@ -109,7 +122,7 @@ def markdown(rows: List[dict], metric: str, header: Sequence[str] = ()) -> str:
                 value = '**baseline**'
             if key == 'n_ok':
                 value = f"{row['n_ok']}/{row['n_seeds']}"
-            cells.append(_md_escape(_cell(value, fmt)))
+            cells.append(_md_escape(_cell(value, fmt, digits)))
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
@@ -186,8 +199,10 @@ def write_outputs(work_dir: str, rows: List[dict], metric: str, info: dict,
     if failures:
         text += '\nErrors:\n\n' + ''.join(f'- {r["variant"]}: {_md_escape(e)}\n'
                                            for r in failures for e in r['errors'])
+    digits = metric_digits(rows)
     text += '\nPer seed:\n\n' + ''.join(
-        f'- {r["variant"]}: ' + (', '.join(f'seed {s}: {v:.2f}' for s, v in r['values'].items())
+        f'- {r["variant"]}: ' + (', '.join(f'seed {s}: {v:.{digits}f}'
+                                           for s, v in r['values'].items())
                                  or 'none') + '\n' for r in rows)
     tmp = paths['md'] + '.tmp'
     with open(tmp, 'w') as f:

@@ -371,6 +371,9 @@ def run_one(spec: RunSpec, launcher: Launcher, work_dir: str, metric: str,
     if not osp.isfile(metrics_path):
         return failed('test', f'tools/test.py wrote no {metrics_path}')
     metrics = read_json(metrics_path)
+    if not metrics:
+        return failed('test', 'tools/test.py reported no metrics (mmdet\'s CocoMetric reports '
+                      'none when the model made no detection above test_cfg.score_thr)')
     if metric not in metrics:
         return failed('test', f'metric {metric!r} is not among the test metrics '
                       f'{sorted(metrics)} (choose one with --metric)')

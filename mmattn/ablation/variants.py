@@ -232,10 +232,12 @@ def format_value(value, indent: int = 0) -> str:
 
 
 def variant_config_text(variant: Variant, base_config: str, base_backbone: dict,
-                        base_imports: Sequence[str] = ()) -> str:
+                        base_imports: Sequence[str] = (), resumable: bool = False) -> str:
     """Source of the variant's config file: the base config as ``_base_`` plus the plugins
     (and ``mmattn`` added to the base's ``custom_imports``, whose list a child config
-    replaces rather than extends)."""
+    replaces rather than extends). ``resumable`` adds ``runner_type = 'ResumableRunner'``
+    (for a base that names no runner), so that every run of the comparison writes its
+    checkpoints atomically and resumes exactly."""
     base = osp.abspath(base_config)
     lines = [f'# {variant.name}: {base_config} + {variant.description or "attention plugins"}',
              '# Written by tools/analysis/compare_attention.py; train it alone with',
@@ -243,9 +245,13 @@ def variant_config_text(variant: Variant, base_config: str, base_backbone: dict,
              f'_base_ = {base!r}']
     if variant.is_baseline:
         lines[0] = f'# baseline: {base_config} itself'
-        return '\n'.join(lines) + '\n'
-    override = backbone_override(base_backbone, variant.plugins)
-    imports = list(dict.fromkeys(list(base_imports) + ['mmattn']))
-    lines.append(f'custom_imports = dict(imports={imports!r}, allow_failed_imports=False)')
-    lines.append(f'model = dict(backbone={format_value(override, 0)})')
+    else:
+        imports = list(dict.fromkeys(list(base_imports) + ['mmattn']))
+        lines.append(f'custom_imports = dict(imports={imports!r}, allow_failed_imports=False)')
+    if resumable:
+        lines += ['# atomic checkpoints, resume from the last complete one, random states saved '
+                  '(mmattn.engine)', "runner_type = 'ResumableRunner'"]
+    if not variant.is_baseline:
+        override = backbone_override(base_backbone, variant.plugins)
+        lines.append(f'model = dict(backbone={format_value(override, 0)})')
     return '\n'.join(lines) + '\n'
