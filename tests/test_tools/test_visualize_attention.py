@@ -355,6 +355,70 @@ def test_unsupported_scope_is_one_line(tool, tmp_path):
         tool.main([str(config), 'none', image])
 
 
+def _entries(maps):
+    """Tool entries for (spatial, channel) pairs of one stage, one block each."""
+    from mmattn.visualization import AttentionSite, map_stats
+    entries = []
+    for i, (spatial, channel) in enumerate(maps):
+        site = AttentionSite(f'backbone.layer2.{i}.probe', nn.Identity(), 2, 0, f'{i}.probe',
+                             'Probe')
+        record = dict(channels=channel.numel(), feature_size=list(spatial.shape),
+                      source='module.attention_maps', spatial=map_stats(spatial),
+                      channel=map_stats(channel))
+        entries.append(dict(site=site, record=record, spatial=spatial, channel=channel))
+    return entries
+
+
+def test_shared_scale_shows_a_flat_gate_flat(tool, tmp_path):
+    """A gate varying by 5e-6 next to one spanning 0.1-0.9: both on the stated [0, 1] scale,
+    so the flat one's pixels are one colour (to a colormap step) while the sharp one's span the
+    map;
+    channel bars start at 0 on a shared [0, 1] y axis; titles give each map's real range."""
+    import argparse
+
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    g = torch.Generator().manual_seed(0)
+    flat_sp = 0.5 + 5e-6 * torch.randn(8, 8, generator=g, dtype=torch.float64)
+    sharp_sp = torch.linspace(0.1, 0.9, 64, dtype=torch.float64).view(8, 8)
+    flat_ch = 0.5 + 5e-6 * torch.randn(16, generator=g, dtype=torch.float64)
+    sharp_ch = torch.linspace(0.1, 0.9, 16, dtype=torch.float64)
+    entries = _entries([(flat_sp, flat_ch), (sharp_sp, sharp_ch)])
+    scale = tool.value_scale(m for e in entries for m in (e['spatial'], ))
+    assert scale == (0.0, 1.0)
+    assert tool.value_scale([2.5 * sharp_sp, sharp_sp - 0.3]) == (pytest.approx(-0.2),
+                                                                   pytest.approx(2.25))
+    args = argparse.Namespace(cmap='turbo', alpha=1.0, dpi=40, sort_channels=False)
+    image = np.full((32, 32, 3), 128, np.uint8)  # uniform: pixel colours come from the map
+
+    fig = tool.draw_spatial(str(tmp_path / 's.png'), 2, entries, image, args, 'test', scale)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2
+    flat, sharp = (np.asarray(ax.images[0].get_array()) for ax in panels)
+    # at most two neighbouring entries of the 256-colour map (0.5 sits on a boundary); a
+    # per-panel scale would stretch the 1e-5 variation over the whole map (spread ~0.9)
+    assert np.ptp(flat, axis=(0, 1)).max() < 0.02
+    assert np.ptp(sharp, axis=(0, 1)).max() > 0.5
+    (colorbar, ) = [ax for ax in fig.axes if ax.get_label() == '<colorbar>']
+    assert colorbar.get_ylim() == pytest.approx((0.0, 1.0))
+    assert 'min 0.499' in panels[0].get_title() and 'max 0.500' in panels[0].get_title()
+    assert 'min 0.10  max 0.90' in panels[1].get_title()
+    assert 'one colour scale for all panels: 0.00 to 1.00' in fig._suptitle.get_text()
+    plt.close(fig)
+
+    fig = tool.draw_channel(str(tmp_path / 'c.png'), 2, entries, image, args, 'test', scale)
+    panels = [ax for ax in fig.axes if ax.collections]
+    assert len(panels) == 2
+    for ax, values in zip(panels, (flat_ch, sharp_ch)):
+        assert ax.get_ylim() == pytest.approx((0.0, 1.0))
+        verts = np.concatenate([p.vertices for p in ax.collections[0].get_paths()])
+        assert verts[:, 1].min() == 0.0  # bars from 0
+        assert verts[:, 1].max() == pytest.approx(float(values.max()))
+    assert 'one y axis for all panels: 0.00 to 1.00' in fig._suptitle.get_text()
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- errors
 def test_missing_image(tool, tmp_path):
     with pytest.raises(tool.VisualizeError, match='image file not found: .*nope.png'):

@@ -19,12 +19,17 @@ branch and block their path names (``backbone.stage3.2.branches.1.3.deattn``: st
 branch 1, module 2 / block 3). Written to ``--out-dir``:
 
 * ``stage{s}_spatial.png``: rows = branches, columns = blocks; each panel the spatial map
-  upsampled onto the image the network saw (after resize / crop / padding), its own colour
-  scale with a colorbar, the module path and min/max in the title.
-* ``stage{s}_channel.png``: the same grid, each panel the channel weights as bars (channel
-  order, or sorted with ``--sort-channels``), mean and std in the title.
+  upsampled onto the image the network saw (after resize / crop / padding), the module path
+  and the map's own min/max in the title.
+* ``stage{s}_channel.png``: the same grid, each panel the channel weights as bars from 0
+  (channel order, or sorted with ``--sort-channels``), min/max and mean in the title.
 * ``summary.png``: the network input and, per stage, the spatial map of the last block of
   each branch.
+
+All panels of a run share one scale, stated on the figures: colours (spatial) and y axes
+(channel) span ``min(0, lowest value)`` to ``max(1, highest value)`` over every module's maps,
+i.e. [0, 1] for gates. A gate that barely varies looks flat, and the numbers in the titles say
+by how much it varies (a per-panel scale would stretch a 1e-5 variation into full colour).
 * ``attention_stats.json``: per module its path, type, stage/branch/block, channels, feature
   size, where the maps came from, and min/max/mean/std of the spatial and channel maps.
 """
@@ -36,7 +41,7 @@ import os
 import os.path as osp
 import sys
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -296,35 +301,57 @@ def _range_text(s: dict) -> str:
     return f"min {_fmt(s['min'], d)}  max {_fmt(s['max'], d)}"
 
 
-def _overlay(fig, ax, image_grey, m, cmap, alpha, colorbar=True, fontsize=6):
-    """Draw map ``m`` upsampled over the grey image, blended into one RGB image (one image
-    artist per panel draws much faster than two), with a colorbar of the map's values."""
-    from matplotlib import cm, colormaps, colors
+def value_scale(maps) -> Tuple[float, float]:
+    """One scale for every panel of a run: from ``min(0, lowest value)`` to ``max(1, highest
+    value)`` over the finite values of ``maps``. Gates (sigmoid, softmax) lie in [0, 1] and are
+    shown on that whole range, so a gate that varies by 1e-5 looks flat and a sharp one does
+    not; gains of the approximate maps above 1 widen the top."""
+    import torch
+    lo, hi = 0.0, 1.0
+    for m in maps:
+        if m is None:
+            continue
+        v = m.detach().double().flatten()
+        v = v[torch.isfinite(v)]
+        if v.numel():
+            lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+    return lo, hi
+
+
+def _norm(scale):
+    from matplotlib import colors
+    return colors.Normalize(vmin=scale[0], vmax=scale[1])
+
+
+def _overlay(ax, image_grey, m, cmap, alpha, scale):
+    """Draw map ``m`` upsampled over the grey image on the shared ``scale``, blended into one
+    RGB image (one image artist per panel draws much faster than two)."""
+    from matplotlib import colormaps
     h, w = image_grey.shape
     up = _upsample(m, (h, w))
-    # the colour scale of the map itself (bilinear upsampling can only narrow the range)
-    raw = m.numpy()
-    finite = raw[np.isfinite(raw)]
-    vmin = float(finite.min()) if finite.size else 0.0
-    vmax = float(finite.max()) if finite.size else 1.0
-    if vmax <= vmin:  # a constant map: a flat colour in the middle of the scale
-        vmin, vmax = vmin - 0.5 * abs(vmin or 1) * 1e-3, vmax + 0.5 * abs(vmax or 1) * 1e-3
-    norm = colors.Normalize(vmin=vmin, vmax=vmax)
+    vmin, vmax = scale
     cmap = colormaps[cmap] if isinstance(cmap, str) else cmap
-    # normalise in float64 before the colormap: gates can vary in their 7th decimal
     coloured = cmap(np.clip((np.nan_to_num(up, nan=vmin) - vmin) / (vmax - vmin), 0, 1))[..., :3]
     a = np.where(np.isfinite(up), alpha, 0.0)[..., None]
     grey = (image_grey / 255.0)[..., None]
     ax.imshow((1 - a) * grey + a * coloured, interpolation='antialiased')
     ax.set_xticks([])
     ax.set_yticks([])
-    if colorbar:
-        cb = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046,
-                          pad=0.02)
-        d = _decimals(vmin, vmax)
-        ticks = np.linspace(vmin, vmax, 3)
-        cb.set_ticks(ticks, labels=[_fmt(t, d) for t in ticks])
-        cb.ax.tick_params(labelsize=fontsize)
+
+
+def _colorbar(fig, axes, cmap, scale, label):
+    """One colorbar for all panels of a figure, labelled with the shared scale."""
+    from matplotlib import cm, colormaps
+    cmap = colormaps[cmap] if isinstance(cmap, str) else cmap
+    cb = fig.colorbar(cm.ScalarMappable(norm=_norm(scale), cmap=cmap), ax=axes,
+                      fraction=0.03, pad=0.01, shrink=0.9)
+    cb.set_label(label, fontsize=7)
+    cb.ax.tick_params(labelsize=6)
+    return cb
+
+
+def _scale_text(scale) -> str:
+    return f'{_fmt(scale[0], 2)} to {_fmt(scale[1], 2)}'
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
@@ -356,14 +383,20 @@ def _label_axes(ax, text):
             transform=ax.transAxes)
 
 
-def draw_spatial(path, group, entries, image, args, title_suffix):
+def _sub_title(kind_scale_label, entries, scale) -> str:
+    return (f'rows: branches, columns: blocks; each title: that map\'s own range\n'
+            f'one {kind_scale_label} for all panels: {_scale_text(scale)}{_approx_note(entries)}')
+
+
+def draw_spatial(path, group, entries, image, args, title_suffix, scale):
+    """The spatial maps of one group on the shared colour ``scale``; returns the figure."""
     import matplotlib.pyplot as plt
     branches, blocks, cells = layout(entries)
     pw, ph = _panel_inches(image)
     fig, axes = plt.subplots(len(branches), len(blocks) + 1, squeeze=False,
-                             figsize=(max(5.0, 0.35 + len(blocks) * (pw + 1.1)),
-                                      len(branches) * (ph + 0.45) + 0.8),
-                             gridspec_kw=dict(width_ratios=[0.35] + [pw + 1.1] * len(blocks)),
+                             figsize=(max(5.0, 0.35 + len(blocks) * (pw + 0.3) + 0.9),
+                                      len(branches) * (ph + 0.45) + 0.9),
+                             gridspec_kw=dict(width_ratios=[0.35] + [pw + 0.3] * len(blocks)),
                              layout='constrained')
     grey = _grey(image)
     for i, b in enumerate(branches):
@@ -378,15 +411,15 @@ def draw_spatial(path, group, entries, image, args, title_suffix):
                 if e is not None:
                     ax.set_title(f"{e['site'].short_path}\nno spatial map", fontsize=6)
                 continue
-            _overlay(fig, ax, grey, e['spatial'], args.cmap, args.alpha)
+            _overlay(ax, grey, e['spatial'], args.cmap, args.alpha, scale)
             s = e['record']['spatial']
             ax.set_title(f"{e['site'].short_path}\n{_range_text(s)}", fontsize=6)
+    _colorbar(fig, axes[:, 1:].ravel().tolist(), args.cmap, scale, 'spatial map value')
     types = sorted({e['site'].kind for e in entries})
     fig.suptitle(f"{group_label(group).capitalize()}: spatial attention ({', '.join(types)})\n"
-                 f'{title_suffix}\nrows: branches, columns: blocks; each panel has its own '
-                 f'colour scale{_approx_note(entries)}', fontsize=8)
+                 f'{title_suffix}\n{_sub_title("colour scale", entries, scale)}', fontsize=8)
     fig.savefig(path, dpi=args.dpi)
-    plt.close(fig)
+    return fig
 
 
 def _bars(ax, values, bottom, colours):
@@ -401,14 +434,17 @@ def _bars(ax, values, bottom, colours):
                                      linewidths=0, antialiaseds=False))
 
 
-def draw_channel(path, group, entries, image, args, title_suffix):
-    import matplotlib.ticker
+def draw_channel(path, group, entries, image, args, title_suffix, scale):
+    """The channel weights of one group as bars from 0, every panel's y axis spanning the
+    shared ``scale``; returns the figure."""
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     from matplotlib import colormaps
     branches, blocks, cells = layout(entries)
     cmap = colormaps[args.cmap]
+    norm = _norm(scale)
     fig, axes = plt.subplots(len(branches), len(blocks), squeeze=False,
-                             figsize=(max(5.0, len(blocks) * 2.8), len(branches) * 1.9 + 0.8),
+                             figsize=(max(5.0, len(blocks) * 2.8), len(branches) * 1.9 + 0.9),
                              layout='constrained')
     for i, b in enumerate(branches):
         for j, k in enumerate(blocks):
@@ -423,27 +459,17 @@ def draw_channel(path, group, entries, image, args, title_suffix):
             if args.sort_channels:
                 v = np.sort(np.where(np.isnan(v), -np.inf, v))[::-1]
                 v = np.where(np.isinf(v), np.nan, v)
-            finite = v[np.isfinite(v)]
-            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0., 1.)
-            span = hi - lo if hi > lo else 1.0
-            colours = cmap(np.clip((np.nan_to_num(v, nan=lo) - lo) / span, 0, 1) if hi > lo
-                           else np.full(v.shape, 0.5))
-            # the y axis spans the data, not [0, 1]: gates of an untrained (or barely
-            # selective) module differ in the 3rd decimal and would look identical otherwise
-            bottom = lo - 0.1 * span if lo > 0 else min(0.0, lo)
-            top = hi + 0.06 * span
-            _bars(ax, np.nan_to_num(v, nan=bottom), bottom, colours)
+            colours = cmap(norm(np.nan_to_num(v, nan=0.0)))
+            _bars(ax, np.nan_to_num(v, nan=0.0), 0.0, colours)
             s = e['record']['channel']
             ax.axhline(s['mean'], color='k', linestyle='--', linewidth=0.7)
-            ax.set_ylim(bottom, top)
-            d = _decimals(bottom, top)
+            ax.set_ylim(*scale)
             ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
-            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
-                lambda t, _, d=d: _fmt(t, d)))
             ax.set_xlim(-0.5, v.size - 0.5)
             ax.tick_params(labelsize=6)
-            ax.set_title(f"{e['site'].short_path}\nmean {_fmt(s['mean'], _decimals(lo, hi))}  "
-                         f"std {s['std']:.2g}", fontsize=6)
+            d = _decimals(s['min'], s['max'])
+            ax.set_title(f"{e['site'].short_path}\n{_range_text(s)}  mean {_fmt(s['mean'], d)}",
+                         fontsize=6)
             if i == len(branches) - 1 or cells.get((branches[i + 1], k)) is None:
                 ax.set_xlabel('channel (sorted)' if args.sort_channels else 'channel',
                               fontsize=6)
@@ -451,13 +477,15 @@ def draw_channel(path, group, entries, image, args, title_suffix):
                 _row_label(ax, f"branch {b}\n({e['record']['channels']} ch)")
     types = sorted({e['site'].kind for e in entries})
     fig.suptitle(f"{group_label(group).capitalize()}: channel attention ({', '.join(types)})\n"
-                 f'{title_suffix}\nrows: branches, columns: blocks; dashed line: mean'
-                 f'{_approx_note(entries)}', fontsize=8)
+                 f'{title_suffix}\n{_sub_title("y axis", entries, scale)}; bars from 0, '
+                 f'dashed line: mean', fontsize=8)
     fig.savefig(path, dpi=args.dpi)
-    plt.close(fig)
+    return fig
 
 
-def draw_summary(path, groups: Dict, image, args, title_suffix):
+def draw_summary(path, groups: Dict, image, args, title_suffix, scale):
+    """The network input and the spatial map of the last block of each branch per group, on
+    the shared colour ``scale``; returns the figure."""
     import matplotlib.pyplot as plt
     rows = []
     for group, entries in groups.items():
@@ -471,16 +499,17 @@ def draw_summary(path, groups: Dict, image, args, title_suffix):
     ncols = max([len(last) for _, last in rows] + [1])
     pw, ph = _panel_inches(image, 2.4)
     iw = 1.6 * pw  # the input image, larger
-    fig = plt.figure(figsize=(iw + ncols * (pw + 1.1), max(1, len(rows)) * (ph + 0.45) + 0.7),
-                     layout='constrained')
+    fig = plt.figure(figsize=(iw + ncols * (pw + 0.3) + 0.9,
+                              max(1, len(rows)) * (ph + 0.45) + 0.8), layout='constrained')
     gs = fig.add_gridspec(max(1, len(rows)), ncols + 1,
-                          width_ratios=[iw / (pw + 1.1)] + [1.0] * ncols)
+                          width_ratios=[iw / (pw + 0.3)] + [1.0] * ncols)
     ax = fig.add_subplot(gs[:, 0])
     ax.imshow(image)
     ax.set_title(f'network input ({image.shape[0]}x{image.shape[1]})', fontsize=7)
     ax.set_xticks([])
     ax.set_yticks([])
     grey = _grey(image)
+    panels = []
     for i, (group, last) in enumerate(rows):
         for j, (b, e) in enumerate(last):
             ax = fig.add_subplot(gs[i, j + 1])
@@ -488,14 +517,17 @@ def draw_summary(path, groups: Dict, image, args, title_suffix):
                 ax.axis('off')
                 ax.set_title(f'{group_label(group)}, branch {b}: no spatial map', fontsize=6)
                 continue
-            _overlay(fig, ax, grey, e['spatial'], args.cmap, args.alpha)
+            _overlay(ax, grey, e['spatial'], args.cmap, args.alpha, scale)
+            panels.append(ax)
             s = e['record']['spatial']
             ax.set_title(f"{group_label(group)}, branch {b}: {e['site'].block}\n"
                          f'{_range_text(s)}', fontsize=6)
-    fig.suptitle(f'Spatial attention of the last block of each branch\n{title_suffix}',
-                 fontsize=8)
+    if panels:
+        _colorbar(fig, panels, args.cmap, scale, 'spatial map value')
+    fig.suptitle(f'Spatial attention of the last block of each branch\n{title_suffix}\n'
+                 f'one colour scale for all panels: {_scale_text(scale)}', fontsize=8)
     fig.savefig(path, dpi=args.dpi)
-    plt.close(fig)
+    return fig
 
 
 # ----------------------------------------------------------------------------- main
@@ -561,18 +593,21 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                     key=lambda e: group_key(e['site'].group)):
         groups.setdefault(e['site'].group, []).append(e)
 
+    import matplotlib.pyplot as plt
+    spatial_scale = value_scale(e['spatial'] for e in records)
+    channel_scale = value_scale(e['channel'] for e in records)
     files = []
     for group, entries in groups.items():
         if any(e['spatial'] is not None for e in entries):
             path = osp.join(out_dir, f'{group_file(group)}_spatial.png')
-            draw_spatial(path, group, entries, image, args, suffix)
+            plt.close(draw_spatial(path, group, entries, image, args, suffix, spatial_scale))
             files.append(path)
         if any(e['channel'] is not None for e in entries):
             path = osp.join(out_dir, f'{group_file(group)}_channel.png')
-            draw_channel(path, group, entries, image, args, suffix)
+            plt.close(draw_channel(path, group, entries, image, args, suffix, channel_scale))
             files.append(path)
     path = osp.join(out_dir, 'summary.png')
-    draw_summary(path, groups, image, args, suffix)
+    plt.close(draw_summary(path, groups, image, args, suffix, spatial_scale))
     files.append(path)
 
     stats = OrderedDict(
