@@ -139,3 +139,21 @@ def test_mmdet_detector_with_attention_backbone_and_neck(detector, tmp_path):
         print(counts)
     ''')
     assert 'cbam' in out
+
+
+def test_without_mmcv_compiled_ops_only_dcnv2_is_unavailable():
+    """As with mmcv-lite: ``import mmattn`` and every other module work; building DCNv2 says
+    in one message what is missing."""
+    out = _run('''
+        sys.modules['mmcv._ext'] = None  # mmcv without its compiled extension
+        import torch
+        import mmattn
+        for name in mmattn.list_attention():
+            if name != 'dcnv2':
+                mmattn.build_attention(name, 16)
+        try:
+            mmattn.build_attention('dcnv2', 16)
+        except ImportError as error:
+            print(str(error).splitlines()[0])
+    ''')
+    assert out.strip().startswith('DeformableConvV2 needs mmcv built with its compiled ops')
