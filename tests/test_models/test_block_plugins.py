@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from mmengine.registry import DefaultScope
 
+from _hrnet import hrnet_extra
+
 import mmattn  # noqa: F401
 from mmattn.models.plugins import add_block_plugins, find_blocks
 from mmattn.registry import MODELS
@@ -42,26 +44,13 @@ def _bn(norm, x):
                         training=False, eps=norm.eps)
 
 
-def _hrnet_extra(width=18, blocks=(4, 4, 4, 4), modules=(1, 1, 4, 3)):
-    w = width
-    return dict(
-        stage1=dict(num_modules=modules[0], num_branches=1, block='BOTTLENECK',
-                    num_blocks=(blocks[0], ), num_channels=(64, )),
-        stage2=dict(num_modules=modules[1], num_branches=2, block='BASIC',
-                    num_blocks=(blocks[1], ) * 2, num_channels=(w, 2 * w)),
-        stage3=dict(num_modules=modules[2], num_branches=3, block='BASIC',
-                    num_blocks=(blocks[2], ) * 3, num_channels=(w, 2 * w, 4 * w)),
-        stage4=dict(num_modules=modules[3], num_branches=4, block='BASIC',
-                    num_blocks=(blocks[3], ) * 4, num_channels=(w, 2 * w, 4 * w, 8 * w)))
-
-
 def _build(scope, cfg):
     with DefaultScope.overwrite_default_scope(scope):
         return MODELS.build(cfg)
 
 
 def _tiny_hrnet(scope='mmseg', plugins=None):
-    backbone = dict(type='HRNet', extra=_hrnet_extra(8, (1, 1, 1, 1), (1, 1, 1, 1)))
+    backbone = dict(type='HRNet', extra=hrnet_extra(8, (1, 1, 1, 1), (1, 1, 1, 1)))
     if plugins is None:
         return _build(scope, backbone)
     return _build(scope, dict(type='AttentionBackbone', backbone=backbone, plugins=plugins))
@@ -102,7 +91,7 @@ def test_bottleneck_positions_match_hand_forward(position, where):
 
 def test_released_preset_on_hrnet_w48_gives_104_blocks():
     model = _build('mmseg', dict(
-        type='AttentionBackbone', backbone=dict(type='HRNet', extra=_hrnet_extra(48)),
+        type='AttentionBackbone', backbone=dict(type='HRNet', extra=hrnet_extra(48)),
         plugins=dict(preset='released', cfg=PROBE)))
     added = model.attention_plugins
     assert len(added) == 104
@@ -238,7 +227,7 @@ def test_pretrained_backbone_keeps_loaded_attention_weights(tmp_path):
     torch.save(dict(state_dict=plugged.state_dict()), path)
     again = _build('mmseg', dict(
         type='AttentionBackbone', backbone_type='HRNet',
-        extra=_hrnet_extra(8, (1, 1, 1, 1), (1, 1, 1, 1)),
+        extra=hrnet_extra(8, (1, 1, 1, 1), (1, 1, 1, 1)),
         init_cfg=dict(type='Pretrained', checkpoint=str(path)),
         plugins=dict(preset='released', cfg=PROBE)))
     again.init_weights()
@@ -302,7 +291,7 @@ def test_flat_plugins_on_a_backbone_with_its_own_plugins_is_refused():
 
 
 def test_flat_plugins_on_hrnet_are_mmattn_plugins_and_given_once():
-    extra = _hrnet_extra(8, (1, 1, 1, 1), (1, 1, 1, 1))
+    extra = hrnet_extra(8, (1, 1, 1, 1), (1, 1, 1, 1))
     for key in ('plugins', 'attention_plugins'):
         model = _build('mmseg', {'type': 'AttentionBackbone', 'backbone_type': 'HRNet',
                                  'extra': extra, key: dict(preset='released', cfg=PROBE)})

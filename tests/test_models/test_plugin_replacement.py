@@ -14,6 +14,8 @@ import torch
 from mmengine.model import convert_sync_batchnorm, revert_sync_batchnorm
 from mmengine.registry import DefaultScope
 
+from _hrnet import hrnet_extra
+
 import mmattn  # noqa: F401
 from mmattn.registry import MODELS
 
@@ -39,17 +41,8 @@ class _CountedScale(torch.nn.Module):
 PROBE = dict(type='_CountedScale')
 
 
-def _hrnet(**kwargs):
-    extra = dict(
-        stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1, ),
-                    num_channels=(8, )),
-        stage2=dict(num_modules=1, num_branches=2, block='BASIC', num_blocks=(1, 1),
-                    num_channels=(8, 16)),
-        stage3=dict(num_modules=1, num_branches=3, block='BASIC', num_blocks=(1, 1, 1),
-                    num_channels=(8, 16, 32)),
-        stage4=dict(num_modules=1, num_branches=4, block='BASIC', num_blocks=(1, 1, 1, 1),
-                    num_channels=(8, 16, 32, 64)))
-    return dict(type='HRNet', extra=extra, **kwargs)
+def _hrnet():
+    return dict(type='HRNet', extra=hrnet_extra(8, (1, 1, 1, 1), (1, 1, 1, 1), stem=8))
 
 
 # (scope, backbone, position, blocks the plugin goes into): every position of every block
