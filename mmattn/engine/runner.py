@@ -4,6 +4,7 @@ import logging
 import os
 import os.path as osp
 
+from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
@@ -60,7 +61,8 @@ class ResumableRunner(Runner):
 
     def save_checkpoint(self, out_dir, filename, file_client_args=None, *args,
                         backend_args=None, **kwargs):
-        if not _is_local(out_dir, file_client_args, backend_args):
+        # mmengine writes checkpoints on rank 0 only (master_only): other ranks have no file
+        if not _is_local(out_dir, file_client_args, backend_args) or not is_main_process():
             return super().save_checkpoint(out_dir, filename, file_client_args, *args,
                                            backend_args=backend_args, **kwargs)
         path = osp.join(out_dir, filename)
