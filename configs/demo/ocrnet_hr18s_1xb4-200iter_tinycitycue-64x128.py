@@ -45,10 +45,10 @@ optim_wrapper = dict(
     clip_grad=None)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, begin=0, end=20, by_epoch=False),
-    dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=20, end=300, by_epoch=False)
+    dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=20, end=200, by_epoch=False)
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=300, val_interval=300)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=200, val_interval=200)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=1))
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=50, max_keep_ckpts=1))
 randomness = dict(seed=0)

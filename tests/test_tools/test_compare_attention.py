@@ -28,7 +28,7 @@ from mmattn.ablation.runs import Launcher, RunChangedError, RunSpec, fingerprint
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOOL = ROOT / 'tools' / 'analysis' / 'compare_attention.py'
-SEG_CUE = ROOT / 'configs/demo/ocrnet_hr18s_1xb4-300iter_tinycitycue-64x128.py'
+SEG_CUE = ROOT / 'configs/demo/ocrnet_hr18s_1xb4-200iter_tinycitycue-64x128.py'
 SEG_PSA = ROOT / 'configs/demo/ocrnet_hr18s-psa-p_1xb4-400iter_tinycityscapes-64x128.py'
 POSE_PSA = ROOT / 'configs/demo/td-hm_hrnet-w16-psa-p_udp-1xb16-60e_tinycoco-128x96.py'
 DET = ROOT / 'configs/demo/retinanet_r18_1xb8-200iter_tinycocodet-128x96.py'
