@@ -9,6 +9,7 @@ from _guards import randomise as _randomise
 from mmcv.cnn import build_plugin_layer
 
 from mmattn.models.layers import CBAM, build_attention
+from mmattn.models.layers.helpers import channel_max, global_max
 
 
 def _sigmoid(t):
@@ -96,6 +97,37 @@ def test_released_init_starts_the_spatial_gate_at_one_half(train):
     module.train(train)
     x = torch.randn(2, 32, 5, 6)
     torch.testing.assert_close(module(x), channel_only(x) * 0.5, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_gradcheck_float64(train):
+    module = _randomise(CBAM(16, ratio=4, kernel_size=3)).double().train(train)
+    x = torch.randn(2, 16, 3, 4, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(3)).requires_grad_()
+    assert torch.autograd.gradcheck(module, (x, ), eps=1e-6, atol=1e-6)
+
+
+def test_max_pools_on_ties():
+    """Both pools give amax's values. The channel-max map (spatial gate) splits the gradient
+    of a tied maximum equally, as amax does; the global max pool (channel gate) takes max
+    with indices, which gives it to one of the tied positions (the same total)."""
+    x = torch.zeros(1, 3, 2, 2, dtype=torch.float64)
+    x[0, :, 0, 0] = 1.0                      # a tie over the three channels at (0, 0)
+    x[0, 0, 1, 1] = 2.0
+    x[0, 1, 0, 1] = x[0, 1, 1, 0] = 3.0      # a tie over two positions of channel 1
+    x.requires_grad_()
+    got = channel_max(x)
+    assert torch.equal(got, x.amax(dim=1, keepdim=True))
+    grad, = torch.autograd.grad(got.sum(), x)
+    want, = torch.autograd.grad(x.amax(dim=1, keepdim=True).sum(), x)
+    torch.testing.assert_close(grad, want, rtol=0, atol=0)
+    assert torch.allclose(grad[0, :, 0, 0], torch.full((3, ), 1 / 3, dtype=torch.float64))
+    got = global_max(x)
+    assert torch.equal(got, x.amax(dim=(2, 3), keepdim=True))
+    grad, = torch.autograd.grad(got.sum(), x)
+    assert grad[0, 1].sum() == 1 and sorted(grad[0, 1].flatten().tolist()) == [0, 0, 0, 1]
+    with torch.no_grad():  # no gradient needed: plain amax
+        assert torch.equal(global_max(x), x.amax(dim=(2, 3), keepdim=True))
 
 
 def test_batchnorm_train_with_one_value_raises_as_torch_does():

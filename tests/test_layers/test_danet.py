@@ -106,9 +106,11 @@ def test_pam_never_allocates_affinity_matrix(cls, monkeypatch):
             reference_pam_term(pam, x)
 
 
-def test_gradcheck_pam_float64():
-    m = randomise(DANetPositionAttention(8, reduction=4).double())
-    x = torch.randn(1, 8, 3, 4, dtype=torch.float64, requires_grad=True)
+# C <= HW: the attention output is P V, transposed; C > HW: V^T P^T straight away
+@pytest.mark.parametrize('c,hw', [(8, (3, 4)), (16, (2, 3))])
+def test_gradcheck_pam_float64(c, hw):
+    m = randomise(DANetPositionAttention(c, reduction=4).double())
+    x = torch.randn(1, c, *hw, dtype=torch.float64, requires_grad=True)
     gamma = m.gamma.detach().clone().requires_grad_()
     params = dict(m.named_parameters())
 

@@ -165,12 +165,14 @@ def test_closed_form_paper_zero_weights(mode):
 
 
 # ----------------------------------------------------------------------------- gradients
+# 3x2: C/2 = 8 > HW, released PSA_s scales x by a_ch; 3x4: it scales conv_v_left's weights
+@pytest.mark.parametrize('hw', [(3, 2), (3, 4)])
 @pytest.mark.parametrize('mode,formulation', VARIANTS)
-def test_gradcheck(mode, formulation):
+def test_gradcheck(mode, formulation, hw):
     module = randomised(16, mode, formulation)
     names = [n for n, _ in module.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in module.parameters()]
-    x = rand_x((1, 16, 3, 2)).requires_grad_()
+    x = rand_x((1, 16, *hw)).requires_grad_()
 
     def fn(x, *ps):
         return torch.func.functional_call(module, dict(zip(names, ps)), (x, ))

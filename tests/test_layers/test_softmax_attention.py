@@ -45,6 +45,28 @@ def test_blockwise_equals_explicit_float64(rows, scale):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=f'grad of {name}')
 
 
+@pytest.mark.parametrize('grad', [True, False])
+@pytest.mark.parametrize('lk,dv,block_elements', [(29, 12, None), (5, 12, None),
+                                                  (29, 12, 64)])
+def test_transpose_out_is_the_transpose(lk, dv, block_elements, grad):
+    """``transpose_out`` gives (N, dv, Lq) with the values and gradients of the transposed
+    explicit form, whichever product computes it (V^T P^T where dv >= Lk or without
+    gradients, P V transposed otherwise, the blockwise form with a small block)."""
+    q, k, v = qkv(lk=lk, dv=dv)
+    ref = explicit(q, k, v, 0.5).transpose(1, 2)
+    with torch.set_grad_enabled(grad):
+        out = softmax_attention(q, k, v, 0.5, block_elements=block_elements,
+                                transpose_out=True)
+    assert out.shape == (2, dv, 37)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    if grad:
+        g = torch.randn_like(ref)
+        got = torch.autograd.grad(out, (q, k, v), g)
+        want = torch.autograd.grad(ref, (q, k, v), g)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 def test_gradcheck():
     q, k, v = qkv(n=1, lq=6, lk=5, d=3, dv=4)
     assert torch.autograd.gradcheck(

@@ -83,12 +83,14 @@ class DANetPositionAttention(BaseModule):
         query = self.query_conv(x).flatten(2).transpose(1, 2)  # (N, HW, C/r)
         key = self.key_conv(x).flatten(2).transpose(1, 2)  # (N, HW, C/r)
         value = self.value_conv(x).flatten(2).transpose(1, 2)  # (N, HW, C)
-        out = softmax_attention(query, key, value, scale=1.0)  # (N, HW, C)
-        return out.transpose(1, 2).reshape(n, c, h, w)
+        # (N, C, HW) as released (V S^T from the transposed views, no copy where S is formed)
+        out = softmax_attention(query, key, value, scale=1.0, transpose_out=True)
+        return out.reshape(n, c, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.in_channels)
-        return self.gamma * self.attention(x) + x
+        # x + gamma * attention in one kernel and one allocation
+        return torch.addcmul(x, self.gamma, self.attention(x))
 
 
 @MODELS.register_module()
@@ -155,7 +157,7 @@ class DANetChannelAttention(BaseModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.in_channels)
-        return self.gamma * self.attention(x) + x
+        return torch.addcmul(x, self.gamma, self.attention(x))
 
 
 @MODELS.register_module()
@@ -218,4 +220,5 @@ class DANetDualAttention(BaseModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.in_channels)
-        return x + self.pam.gamma * self.pam.attention(x) + self.cam.gamma * self.cam.attention(x)
+        out = torch.addcmul(x, self.pam.gamma, self.pam.attention(x))
+        return out.addcmul_(self.cam.gamma, self.cam.attention(x))

@@ -95,9 +95,10 @@ class EfficientChannelAttention(BaseModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.in_channels)
-        n, c = x.shape[:2]
-        y = x.mean(dim=(2, 3)).reshape(n, 1, c)  # channels as a 1-D sequence
-        y = self.conv(y).reshape(n, c, 1, 1)
+        # channels as a 1-D sequence: the released transposed view (N, 1, C) of the pooled
+        # (N, C, 1) map, on which Conv1d runs faster than on a reshaped copy
+        y = x.mean(dim=(2, 3), keepdim=True).squeeze(-1)
+        y = self.conv(y.transpose(-1, -2)).transpose(-1, -2).unsqueeze(-1)
         return x * torch.sigmoid(y)
 
     @torch.no_grad()

@@ -3,6 +3,7 @@ argument/input checks that turn user mistakes into messages naming what was expe
 from typing import Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
 
 from mmattn.utils.torch_compat import is_capturing
@@ -75,6 +76,45 @@ def softmax_float32(t: torch.Tensor, dim: int) -> torch.Tensor:
     8-10 mantissa bits), float32/float64 inputs as they are. Upcasts first:
     ``softmax(dtype=torch.float32)`` on a 16-bit CPU tensor takes a much slower path."""
     return torch.softmax(t.float() if t.dtype in LOW_PRECISION else t, dim)
+
+
+class _ChannelMax(torch.autograd.Function):
+    """``x.amax(dim=1, keepdim=True)`` that keeps for its backward a boolean mask of the
+    maxima (a quarter of ``x`` in float32) instead of ``x`` itself, so ``x`` can be freed as
+    soon as the rest of the graph is done with it; the gradient is written through the mask,
+    split equally among tied maxima as amax's own backward does."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = x.amax(dim=1, keepdim=True)
+        mask = x == out
+        ctx.save_for_backward(mask, mask.sum(dim=1, keepdim=True))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        mask, count = ctx.saved_tensors
+        return torch.where(mask, grad / count, 0)
+
+
+def channel_max(x: torch.Tensor) -> torch.Tensor:
+    """Max over dim 1, kept: ``(N, 1, H, W)``. The same values and gradients as ``amax``;
+    where a gradient is needed, the backward keeps a boolean mask instead of ``x`` (``max``
+    with indices keeps less, but over a non-innermost dim it is 10x slower on CPU)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ChannelMax.apply(x)
+    return x.amax(dim=1, keepdim=True)
+
+
+def global_max(x: torch.Tensor) -> torch.Tensor:
+    """Max over the positions, ``(N, C, 1, 1)``. Where a gradient is needed, max with indices
+    (``adaptive_max_pool2d``: its backward scatters into the argmax, 2.5x faster than amax's
+    full-size masks and without their memory); the values are amax's, the gradient of a tied
+    maximum goes to one of the tied positions instead of being split equally among them.
+    Without gradients, ``amax`` (10x faster than computing indices)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.adaptive_max_pool2d(x, 1)
+    return x.amax(dim=(2, 3), keepdim=True)
 
 
 # ----------------------------------------------------------------------------- argument checks

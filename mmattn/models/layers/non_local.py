@@ -166,10 +166,11 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
         if self.mode == 'dot_product':
             # (theta phi^T / N_k) g == theta (phi^T g) / N_k: a (d x d) matrix, not (HW x N_k)
             y = torch.matmul(query, torch.matmul(key.transpose(1, 2), value)) / key.shape[1]
+            y = y.transpose(1, 2)
         else:
             scale = 1.0
             if self.mode == 'embedded_gaussian' and self.use_scale:
                 scale = query.shape[-1]**-0.5
-            y = softmax_attention(query, key, value, scale)
-        y = y.transpose(1, 2).reshape(n, self.inter_channels, h, w)
+            y = softmax_attention(query, key, value, scale, transpose_out=True)  # (N, d, HW)
+        y = y.reshape(n, self.inter_channels, h, w)
         return x + self.conv_out(y)

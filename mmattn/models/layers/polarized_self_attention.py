@@ -1,4 +1,6 @@
 """Polarized Self-Attention (PSA), parallel and sequential layouts, released and paper maths."""
+from typing import Tuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,22 +39,26 @@ def _outer_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.bmm(a.transpose(1, 2), b)
     out = a[:, 0, :, None] * b[:, 0, None, :]
     for k in range(1, a.shape[1]):
-        out = torch.addcmul(out, a[:, k, :, None], b[:, k, None, :])
+        out.addcmul_(a[:, k, :, None], b[:, k, None, :])
     return out
 
 
 class _FewRowProducts(torch.autograd.Function):
-    """A few rows times the (N, C, L) features ``x``: ``rows @ feats`` for (N, K, C) rows
-    (contracting channels: the pooled vectors of PSA applied at every position) or, with
-    ``over_positions``, ``rows @ feats^T`` for (N, K, L) rows (contracting positions: PSA's
-    softmax pooling, as a row-vector product, which BLAS runs ~10x faster than the
-    matrix-vector ``feats @ rows^T``). Autograd's backward of ``bmm`` would form the feature
-    gradient as a K-deep batched GEMM, slow for small K; this one uses :func:`_outer_sum`."""
+    """A few rows times the features ``feats`` (N, C, H, W) read as (N, C, L), L = H * W:
+    ``rows @ feats`` for (N, K, C) rows (contracting channels: the pooled vectors of PSA
+    applied at every position) or, with ``over_positions``, ``rows @ feats^T`` for (N, K, L)
+    rows (contracting positions: PSA's softmax pooling, as a row-vector product, which BLAS
+    runs ~10x faster than the matrix-vector ``feats @ rows^T``). Autograd's backward of
+    ``bmm`` would form the feature gradient as a K-deep batched GEMM, slow for small K; this
+    one uses :func:`_outer_sum`. The features are taken (and their gradient returned) in
+    their own shape, so that every use of ``x`` in PSA sums its gradient in one buffer
+    (through a flattened view, autograd would keep a second full-size one)."""
 
     @staticmethod
     def forward(ctx, rows, feats, over_positions: bool):
+        flat = feats.flatten(2)
         with torch.autocast(rows.device.type, enabled=False):
-            out = torch.bmm(rows, feats.transpose(1, 2) if over_positions else feats)
+            out = torch.bmm(rows, flat.transpose(1, 2) if over_positions else flat)
         ctx.save_for_backward(rows, feats)
         ctx.over_positions = over_positions
         return out
@@ -60,22 +66,50 @@ class _FewRowProducts(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         rows, feats = ctx.saved_tensors
+        flat = feats.flatten(2)
         grad = grad.to(rows.dtype)
         grad_rows = grad_feats = None
         if ctx.needs_input_grad[0]:
-            grad_rows = torch.bmm(grad, feats if ctx.over_positions else feats.transpose(1, 2))
+            grad_rows = torch.bmm(grad, flat if ctx.over_positions else flat.transpose(1, 2))
         if ctx.needs_input_grad[1]:
             grad_feats = _outer_sum(grad, rows) if ctx.over_positions else _outer_sum(rows, grad)
+            grad_feats = grad_feats.view(feats.shape)
         return grad_rows, grad_feats, None
 
 
+class _GateSum(torch.autograd.Function):
+    """``x * a_sp + x * a_ch`` for ``x`` (N, C, H, W), a spatial gate ``a_sp`` (N, 1, H, W)
+    and a channel gate ``a_ch`` (N, C, 1, 1), with one full-size tensor per pass: the output
+    (written in place into the first product), and in backward the input gradient plus one
+    ``grad * x`` reduced for both gates (autograd's backward of the two products forms four)."""
+
+    @staticmethod
+    def forward(ctx, x, a_sp, a_ch):
+        ctx.save_for_backward(x, a_sp, a_ch)
+        return torch.mul(x, a_sp).addcmul_(x, a_ch)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, a_sp, a_ch = ctx.saved_tensors
+        grad_x = grad_sp = grad_ch = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.mul(grad, a_sp).addcmul_(grad, a_ch).to(x.dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            prod = grad * x
+            grad_sp = prod.sum(dim=1, keepdim=True).to(a_sp.dtype)
+            grad_ch = prod.sum(dim=(2, 3), keepdim=True).to(a_ch.dtype)
+        return grad_x, grad_sp, grad_ch
+
+
 def row_products(rows: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """``rows @ feats`` for (N, K, C) and (N, C, L), in autocast's dtype when it is on."""
+    """``rows @ feats`` for (N, K, C) and (N, C, L) (or (N, C, H, W) read as such), in
+    autocast's dtype when it is on."""
     return _FewRowProducts.apply(*_autocast_dtype(rows, feats), False)
 
 
 def weighted_pool(weights: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """``weights @ feats^T`` for (N, K, L) and (N, C, L), in autocast's dtype when it is on."""
+    """``weights @ feats^T`` for (N, K, L) and (N, C, L) (or (N, C, H, W) read as such), in
+    autocast's dtype when it is on."""
     return _FewRowProducts.apply(*_autocast_dtype(weights, feats), True)
 
 
@@ -134,9 +168,9 @@ class PolarizedSelfAttention(BaseModule):
         * The contractions of a few vectors with ``x`` (:func:`row_products`,
           :func:`weighted_pool`) have their own backward, which forms the outer products with
           broadcast multiply-adds: batched GEMM with one or two rows is 5-15x slower on CPU.
-        * Softmaxes of float16/bfloat16 logits are computed in float32, and the output is
-          combined in place (``(x * a_sp).addcmul_(x, a_ch)``; same maths, one full-size
-          tensor fewer).
+        * Softmaxes of float16/bfloat16 logits are computed in float32, and ``PSA_p``'s
+          output is combined in place (``(x * a_sp).addcmul_(x, a_ch)``, with a backward that
+          forms one ``grad * x`` for both gates; same maths, fewer full-size tensors).
         * No ``inplanes``/``planes``/``kernel_size``/``stride`` arguments: the released blocks
           are always built with ``planes == inplanes``, 1x1 kernels and stride 1.
         * The released method names are swapped (``spatial_pool`` computes the channel
@@ -208,28 +242,19 @@ class PolarizedSelfAttention(BaseModule):
                              self.norm_up.bias.flatten(), self.norm_up.eps)
         return z
 
-    def _channel_weights(self, xf: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """(N, C) channel attention from x (N, C, HW) and the conv_q_right logits (N, HW).
+    def _channel_weights(self, feats: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """(N, C) channel attention from x (N, C, H, W) and the conv_q_right logits (N, HW).
 
         ``conv_v_right(x) @ p = W_v_right @ (x @ p)``: pool x first (N, C), project after.
         """
         # float32 softmax; the pooled result is a convex combination of x, so it cannot
         # overflow in float16 whatever HW is
-        p = softmax_float32(q, -1).to(xf.dtype)
-        pooled = weighted_pool(p.unsqueeze(1), xf).squeeze(1)
+        p = softmax_float32(q, -1).to(feats.dtype)
+        pooled = weighted_pool(p.unsqueeze(1), feats).squeeze(1)
         ctx = F.linear(pooled, _mat(self.conv_v_right))
         return torch.sigmoid(self._channel_logits(ctx))
 
-    # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(self, x, self.in_channels)
-        # (N, C, HW); a view for both contiguous and channels_last inputs
-        xf = x.flatten(2)
-        mean = xf.mean(dim=-1)
-        if self.mode == 'parallel':
-            return self._forward_parallel(x, xf, mean)
-        return self._forward_sequential(x, xf, mean)
-
+    # ------------------------------------------------------------------ gates
     def _spatial_query(self, mean: torch.Tensor) -> torch.Tensor:
         """(N, C/2) pooled query g = avgpool(conv_q_left(.)) from the (N, C) mean."""
         g = F.linear(mean, _mat(self.conv_q_left))
@@ -238,78 +263,64 @@ class PolarizedSelfAttention(BaseModule):
             g = softmax_float32(g, -1).to(mean.dtype)
         return g
 
-    def _forward_parallel(self, x, xf, mean):
+    def gates(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The spatial gate ``a_sp`` (N, 1, H, W) and the channel gate ``a_ch`` (N, C, 1, 1)
+        of ``x``: :meth:`forward` returns ``x * a_sp + x * a_ch`` (``mode='parallel'``) or
+        ``x * a_ch * a_sp`` (``'sequential'``, where ``a_sp`` is the spatial branch's gate of
+        ``x * a_ch``). No input check (``forward`` and :meth:`attention_maps` make it)."""
         n, c, h, w = x.shape
-        # g @ conv_v_left(x) = (W_v_left^T g) . x: one C-vector per sample instead of a
-        # C/2 x HW map; stacked with conv_q_right's weights so x is read once for both maps
-        u = torch.matmul(self._spatial_query(mean), _mat(self.conv_v_left))
-        rows = torch.stack([_mat(self.conv_q_right).expand(n, c), u], dim=1)
-        maps = row_products(rows, xf)  # (N, 2, HW)
-        a_ch = self._channel_weights(xf, maps[:, 0])
-        s = maps[:, 1]
-        if self.formulation == 'released':
-            s = softmax_float32(s, -1).to(x.dtype)
-        a_sp = torch.sigmoid(s)
-        # x * a_sp + x * a_ch with one full-size allocation: the in-place addcmul_ writes into
-        # the product (autograd needs neither that product nor the output)
-        return torch.mul(x, a_sp.view(n, 1, h, w)).addcmul_(x, a_ch.view(n, c, 1, 1))
-
-    def _forward_sequential(self, x, xf, mean):
-        n, c, h, w = x.shape
-        q = row_products(_mat(self.conv_q_right).expand(n, 1, c), xf).squeeze(1)
-        a_ch = self._channel_weights(xf, q)
-        # the spatial branch sees y = x * a_ch; its pooled mean is a_ch * mean(x)
-        g = self._spatial_query(a_ch * mean)
-        if self.formulation == 'released':
-            # theta = conv_v_left(y) = (W_v_left diag(a_ch)) x: fold a_ch into the weights
-            # per sample rather than materialising y; theta needs its per-channel softmax
-            # over HW, so this C/2 x HW map is unavoidable here
-            wv = _mat(self.conv_v_left).unsqueeze(0) * a_ch.unsqueeze(1)
-            theta = torch.bmm(wv, xf)
-            theta = softmax_float32(theta, -1).to(theta.dtype)
-            s = row_products(g.unsqueeze(1), theta)
-        else:
-            # g @ conv_v_left(y) = ((W_v_left^T g) * a_ch) . x
-            u = torch.matmul(g, _mat(self.conv_v_left)) * a_ch
-            s = row_products(u.unsqueeze(1), xf)
-        a_sp = torch.sigmoid(s)
-        # one full-size allocation in inference (in training autograd keeps a copy of the
-        # product for a_ch's gradient, as x * a_sp * a_ch would)
-        return torch.mul(x, a_sp.view(n, 1, h, w)).mul_(a_ch.view(n, c, 1, 1))
-
-    # ------------------------------------------------------------------ inspection
-    @torch.no_grad()
-    def attention_maps(self, x: torch.Tensor) -> dict:
-        """The two gates this module applies to ``x``, for visualisation.
-
-        Returns ``dict(spatial=a_sp (N, H, W), channel=a_ch (N, C))``, computed with the same
-        maths (and helpers) as :meth:`forward`, so that ``forward(x)`` is
-        ``x * a_ch + x * a_sp`` with ``mode='parallel'`` and ``x * a_ch * a_sp`` with
-        ``mode='sequential'``, where the spatial gate is the one the spatial branch computes
-        on ``x * a_ch`` (broadcast as ``a_ch[:, :, None, None]`` and ``a_sp[:, None]``).
-        """
-        check_input(self, x, self.in_channels)
-        n, c, h, w = x.shape
-        xf = x.flatten(2)
-        mean = xf.mean(dim=-1)
+        # x in the dtype of the contractions: under autocast one 16-bit copy for all of them
+        feats, = _autocast_dtype(x)
+        mean = x.mean(dim=(2, 3))
         if self.mode == 'parallel':
-            # the stacked product of _forward_parallel: q logits and the spatial scores
+            # g @ conv_v_left(x) = (W_v_left^T g) . x: one C-vector per sample instead of a
+            # C/2 x HW map; stacked with conv_q_right's weights so x is read once for both
             u = torch.matmul(self._spatial_query(mean), _mat(self.conv_v_left))
             rows = torch.stack([_mat(self.conv_q_right).expand(n, c), u], dim=1)
-            maps = torch.bmm(rows, xf)
-            a_ch = self._channel_weights(xf, maps[:, 0])
+            maps = row_products(rows, feats)  # (N, 2, HW)
+            a_ch = self._channel_weights(feats, maps[:, 0])
             s = maps[:, 1]
             if self.formulation == 'released':
                 s = softmax_float32(s, -1).to(x.dtype)
         else:
-            q = torch.matmul(_mat(self.conv_q_right), xf).squeeze(1)
-            a_ch = self._channel_weights(xf, q)
+            q = row_products(_mat(self.conv_q_right).expand(n, 1, c), feats).squeeze(1)
+            a_ch = self._channel_weights(feats, q)
+            # the spatial branch sees y = x * a_ch; its pooled mean is a_ch * mean(x)
             g = self._spatial_query(a_ch * mean)
             if self.formulation == 'released':
-                wv = _mat(self.conv_v_left).unsqueeze(0) * a_ch.unsqueeze(1)
-                theta = softmax_float32(torch.bmm(wv, xf), -1).to(x.dtype)
-                s = torch.bmm(g.unsqueeze(1), theta).squeeze(1)
+                # theta = conv_v_left(y) needs its per-channel softmax over HW, so this
+                # C/2 x HW map is unavoidable here. theta = (W_v_left diag(a_ch)) x: a_ch
+                # goes where it costs less memory, into per-sample weights (N x C/2 x C)
+                # while C/2 <= HW, else into y (N x C x HW)
+                flat = feats.flatten(2)
+                if c // 2 <= h * w:
+                    wv = _mat(self.conv_v_left).unsqueeze(0) * a_ch.unsqueeze(1)
+                    theta = torch.bmm(wv, flat)
+                else:
+                    y = flat * a_ch.to(flat.dtype).unsqueeze(-1)
+                    theta = torch.matmul(_mat(self.conv_v_left), y)
+                theta = softmax_float32(theta, -1).to(theta.dtype)
+                s = row_products(g.unsqueeze(1), theta)
             else:
+                # g @ conv_v_left(y) = ((W_v_left^T g) * a_ch) . x
                 u = torch.matmul(g, _mat(self.conv_v_left)) * a_ch
-                s = torch.bmm(u.unsqueeze(1), xf).squeeze(1)
-        return dict(spatial=torch.sigmoid(s).view(n, h, w), channel=a_ch)
+                s = row_products(u.unsqueeze(1), feats)
+        return torch.sigmoid(s).view(n, 1, h, w), a_ch.view(n, c, 1, 1)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.in_channels)
+        a_sp, a_ch = self.gates(x)
+        if self.mode == 'parallel':
+            return _GateSum.apply(x, a_sp, a_ch)
+        # one full-size allocation in inference (in training autograd keeps a copy of the
+        # product for a_ch's gradient, as x * a_sp * a_ch would)
+        return torch.mul(x, a_sp).mul_(a_ch)
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> dict:
+        """The two gates of :meth:`gates` for visualisation: ``dict(spatial=a_sp (N, H, W),
+        channel=a_ch (N, C))``."""
+        check_input(self, x, self.in_channels)
+        a_sp, a_ch = self.gates(x)
+        return dict(spatial=a_sp[:, 0], channel=a_ch.flatten(1))

@@ -58,17 +58,25 @@ def _chunked_forward(query, key, value, rows) -> torch.Tensor:
     return torch.cat(outs, dim=1)
 
 
-def _single_block(query, key, value, scale) -> torch.Tensor:
+def _single_block(query, key, value, scale, transpose_out: bool) -> torch.Tensor:
     """A map small enough for one block (the whole ``Lq x Lk`` matrix within the budget): the
     explicit form under autograd, which keeps ``P`` for the backward instead of recomputing it.
     16-bit inputs are treated as autocast treats the explicit form: 16-bit products and softmax
-    (their kernels accumulate in float32)."""
+    (their kernels accumulate in float32). ``transpose_out``: ``V^T P^T`` (N, dv, Lq), the
+    released Non-local / PAM product, straight from the transposed views (no copy)."""
     with torch.autocast(query.device.type, enabled=False):
         logits = torch.bmm(query * scale if scale != 1.0 else query, key.transpose(1, 2))
         # 16-bit in and out (the kernel accumulates in float32): P is rounded to 16 bits for
         # P V either way, and a float32 P costs two conversions, slow on CPU when P has
         # denormal entries (8x768x768: 3 ms -> 17 ms)
-        return torch.bmm(torch.softmax(logits, dim=-1), value)
+        probs = torch.softmax(logits, dim=-1)
+        if transpose_out and (not probs.requires_grad or value.shape[-1] >= key.shape[1]):
+            # autograd hands this product's gradient for P back transposed, and softmax's
+            # backward copies it (Lq x Lk); in training that pays only where it is no larger
+            # than the (Lq x dv) copy of the output it saves
+            return torch.bmm(value.transpose(1, 2), probs.transpose(1, 2))
+        out = torch.bmm(probs, value)
+        return out.transpose(1, 2) if transpose_out else out
 
 
 class ChunkedSoftmaxAttention(torch.autograd.Function):
@@ -127,9 +135,12 @@ def softmax_attention(query: torch.Tensor,
                       key: torch.Tensor,
                       value: torch.Tensor,
                       scale: float,
-                      block_elements: Optional[int] = None) -> torch.Tensor:
+                      block_elements: Optional[int] = None,
+                      transpose_out: bool = False) -> torch.Tensor:
     """``softmax(scale * query key^T, dim=-1) value`` for ``(N, L, d)`` inputs, without forming
-    the ``(Lq x Lk)`` matrix.
+    the ``(Lq x Lk)`` matrix; ``(N, Lq, dv)``, or its transpose ``(N, dv, Lq)`` with
+    ``transpose_out`` (the channels-first layout of a feature map: computed as such where the
+    explicit form runs, a transposed view otherwise).
 
     ``query``/``key`` share their last dim ``d``; ``value`` may have another (``dv``). All three
     are cast to ``value``'s dtype, so one dtype meets the kernels under autocast. On CPU a map
@@ -147,10 +158,11 @@ def softmax_attention(query: torch.Tensor,
     if query.device.type == 'cpu':
         rows = chunk_rows(query.shape[1], key.shape[1], block_elements)
         if rows >= query.shape[1]:
-            return _single_block(query, key, value, scale)
+            return _single_block(query, key, value, scale, transpose_out)
         if d != dv:
-            return ChunkedSoftmaxAttention.apply(query.contiguous(), key.contiguous(),
-                                                 value.contiguous(), scale, rows)
+            out = ChunkedSoftmaxAttention.apply(query.contiguous(), key.contiguous(),
+                                                value.contiguous(), scale, rows)
+            return out.transpose(1, 2) if transpose_out else out
     # (N, 1, L, d), last dim contiguous: the fused kernels need unit stride there and PyTorch
     # silently falls back to the explicit math path otherwise (a copy for NCHW inputs, a no-op
     # for channels_last ones)
@@ -165,5 +177,5 @@ def softmax_attention(query: torch.Tensor,
             key = F.pad(key, (0, pad_qk - d))
         if pad_v != dv:
             value = F.pad(value, (0, pad_v - dv))
-    out = F.scaled_dot_product_attention(query, key, value, scale=scale)
-    return out[..., :dv].squeeze(1)
+    out = F.scaled_dot_product_attention(query, key, value, scale=scale)[..., :dv].squeeze(1)
+    return out.transpose(1, 2) if transpose_out else out
