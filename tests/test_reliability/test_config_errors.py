@@ -95,3 +95,25 @@ def test_neck_channel_mismatch_names_both_numbers():
         segmentor.extract_feat(torch.randn(1, 3, 64, 64))
     message = str(info.value)
     assert 'GlobalContextBlock' in message and 'in_channels=100' in message and '144' in message
+
+
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_tools_refuse_a_config_of_another_codebase_in_one_line(tool, tmp_path):
+    """An mmpretrain-style config (or any scope the tools do not run) stops with one line that
+    says which scopes work and that the modules still work through custom_imports."""
+    import subprocess
+    import sys
+    config = tmp_path / 'classifier.py'
+    config.write_text("default_scope = 'mmpretrain'\n"
+                      "custom_imports = dict(imports=['mmattn'], allow_failed_imports=False)\n"
+                      "model = dict(type='ImageClassifier')\n")
+    args = [str(config)] + (['no_checkpoint.pth'] if tool == 'test' else [])
+    proc = subprocess.run([sys.executable, str(ROOT / f'tools/{tool}.py'), *args, '--work-dir',
+                           str(tmp_path / 'work')], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert 'Traceback' not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ConfigError: config default_scope is 'mmpretrain'; mmattn's tools "
+                           'run configs of mmseg, mmpose, mmdet')
+    assert "custom_imports=dict(imports=['mmattn'])" in last
