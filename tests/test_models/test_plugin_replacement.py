@@ -84,7 +84,7 @@ def _run(model, x):
         m.calls = 0
     with torch.no_grad():
         outs = model(x)
-    return outs, [m.calls for m in modules]
+    return (outs, ) if isinstance(outs, torch.Tensor) else outs, [m.calls for m in modules]
 
 
 def _pickle(model):
@@ -232,3 +232,41 @@ def test_shipped_ocrnet_runs_every_attention_module_inside_the_runner(tmp_path):
     direct.eval()
     with torch.no_grad():
         torch.testing.assert_close(direct(x, mode='tensor'), out)
+
+
+def _unregistered_resnet(lib, depth):
+    """mmcv's and torchvision's ResNets: blocks with ``bn1..3`` children instead of ``norm``
+    properties, built directly (mmcv registers no ResNet)."""
+    if lib == 'mmcv':
+        from mmcv.cnn.resnet import ResNet
+        return ResNet(depth)
+    import torchvision
+    return getattr(torchvision.models, f'resnet{depth}')(num_classes=10)
+
+
+@pytest.mark.parametrize('conversion', ['convert+revert', 'fuse_conv_bn',
+                                        'torch.save/torch.load'])
+@pytest.mark.parametrize('lib,depth,position', [
+    (lib, depth, pos) for lib in ('mmcv', 'torchvision')
+    for depth, positions in ((18, ('after_conv1', 'after_conv2')),
+                             (50, ('after_conv1', 'after_conv2', 'after_conv3')))
+    for pos in positions])
+def test_blocks_with_bn_children(lib, depth, position, conversion):
+    from mmattn.models.plugins import add_block_plugins
+    model = _unregistered_resnet(lib, depth)
+    added = add_block_plugins(model, dict(cfg=PROBE, position=position))
+    assert len(added) == (8 if depth == 18 else 16)
+    model.double().eval()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    expected, calls = _run(model, x)
+    assert calls == [1] * len(added)
+    if conversion == 'convert+revert':
+        converted = revert_sync_batchnorm(_convert(model))
+    elif conversion == 'fuse_conv_bn':
+        converted = _fuse(model)
+    else:
+        converted = _pickle(model)
+    outs, calls = _run(converted, x)
+    assert calls == [1] * len(added)
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)

@@ -3,9 +3,9 @@
 The backbone is left as its own code builds it: the attention module is added as a new child of
 the block (so the block's original state-dict keys are unchanged and pretrained checkpoints load)
 and runs at the position the config names, through a hook on the block's own conv/norm layer.
-This works for any block that follows the mmcv/mmseg/mmpose/mmdet ``BasicBlock`` /
-``Bottleneck`` layout (``conv1..3``, ``norm1..3``), so HRNet and ResNet of all three projects are
-covered without copying their code.
+This works for any block that follows the ``BasicBlock`` / ``Bottleneck`` layout (``conv1..3``
+and ``norm1..3`` as in mmseg/mmpose/mmdet, or ``bn1..3`` as in mmcv's and torchvision's), so
+HRNet and ResNet of all these projects are covered without copying their code.
 
 The hooked layer is looked up by name on every forward of the block (a forward pre-hook on the
 block, which no conversion utility replaces), so the attention keeps running when the layer is
@@ -162,12 +162,22 @@ class _PluggedBackbone:
         return backbone
 
 
+def _layer_attr(block: nn.Module, name: str) -> Optional[str]:
+    """The attribute holding layer ``name`` of ``block``: ``norm2`` is a property of the
+    mmseg/mmpose/mmdet blocks and a child ``bn2`` in mmcv's and torchvision's."""
+    if hasattr(block, name):
+        return name
+    if name.startswith('norm') and hasattr(block, 'bn' + name[4:]):
+        return 'bn' + name[4:]
+    return None
+
+
 def block_kind(block: nn.Module) -> Optional[str]:
     """'bottleneck', 'basic', or None for a module that is not a residual block."""
     names = dict(block.named_children())
-    if 'conv3' in names and hasattr(block, 'norm3'):
+    if 'conv3' in names and _layer_attr(block, 'norm3'):
         return 'bottleneck'
-    if 'conv1' in names and 'conv2' in names and hasattr(block, 'norm2'):
+    if 'conv1' in names and 'conv2' in names and _layer_attr(block, 'norm2'):
         return 'basic'
     return None
 
@@ -356,6 +366,6 @@ def _attach(block: nn.Module, path: str, plugin: dict, name: str, checked: set) 
                            f"'{plugin['position']}' of {type(block).__name__} {path}")
         checked.add(key)
     block.add_module(name, attention)
-    insertion = _Insertion(name, layer_name, before=hook_kind == 'pre')
+    insertion = _Insertion(name, _layer_attr(block, layer_name), before=hook_kind == 'pre')
     block.register_forward_pre_hook(insertion.attach)
     insertion.attach(block)
