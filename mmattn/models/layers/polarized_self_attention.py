@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from mmattn.utils.torch_compat import autocast_dtype, autocast_enabled
+from mmattn.utils.torch_compat import autocast_dtype, autocast_enabled, is_compiling
 
 from .helpers import check_choice, check_input, check_int, softmax_float32
 
@@ -101,16 +101,27 @@ class _GateSum(torch.autograd.Function):
         return grad_x, grad_sp, grad_ch
 
 
+# Under torch.compile / torch.export the plain ops below go to the compiler instead of the
+# hand-written backward Functions (which speed up eager mode): torch 2.1's compiler cannot trace
+# their ``ctx.needs_input_grad``, and a compiler plans the backward of plain ops itself.
+
+
 def row_products(rows: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     """``rows @ feats`` for (N, K, C) and (N, C, L) (or (N, C, H, W) read as such), in
     autocast's dtype when it is on."""
-    return _FewRowProducts.apply(*_autocast_dtype(rows, feats), False)
+    rows, feats = _autocast_dtype(rows, feats)
+    if is_compiling():
+        return torch.bmm(rows, feats.flatten(2))
+    return _FewRowProducts.apply(rows, feats, False)
 
 
 def weighted_pool(weights: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     """``weights @ feats^T`` for (N, K, L) and (N, C, L) (or (N, C, H, W) read as such), in
     autocast's dtype when it is on."""
-    return _FewRowProducts.apply(*_autocast_dtype(weights, feats), True)
+    weights, feats = _autocast_dtype(weights, feats)
+    if is_compiling():
+        return torch.bmm(weights, feats.flatten(2).transpose(1, 2))
+    return _FewRowProducts.apply(weights, feats, True)
 
 
 @MODELS.register_module()
@@ -231,7 +242,7 @@ class PolarizedSelfAttention(BaseModule):
     def _channel_logits(self, ctx: torch.Tensor) -> torch.Tensor:
         """``conv_up`` (and the paper's LayerNorm) on the (N, C/2) context, as vectors."""
         if isinstance(self.conv_up, nn.Sequential):
-            down, norm, _, up = self.conv_up
+            down, norm, up = self.conv_up[0], self.conv_up[1], self.conv_up[3]  # [2] is ReLU
             h = F.linear(ctx, _mat(down), down.bias)
             h = F.layer_norm(h, h.shape[-1:], norm.weight.flatten(), norm.bias.flatten(),
                              norm.eps)
@@ -312,6 +323,8 @@ class PolarizedSelfAttention(BaseModule):
         check_input(self, x, self.in_channels)
         a_sp, a_ch = self.gates(x)
         if self.mode == 'parallel':
+            if is_compiling():
+                return x * a_sp + x * a_ch
             return _GateSum.apply(x, a_sp, a_ch)
         # one full-size allocation in inference (in training autograd keeps a copy of the
         # product for a_ch's gradient, as x * a_sp * a_ch would)
