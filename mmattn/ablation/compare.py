@@ -19,6 +19,7 @@ import os.path as osp
 import signal
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -300,7 +301,9 @@ def _count_all(variants, configs, texts, cfg_options, opts, work_dir, log) -> Di
                 continue
         start = time.time()
         try:
-            cost = count_variant(configs[variant.name], cfg_options, opts.shape)
+            with warnings.catch_warnings():  # the libraries' deprecation notes, per variant
+                warnings.simplefilter('ignore')
+                cost = count_variant(configs[variant.name], cfg_options, opts.shape)
             log(f'[{variant.name}] {cost["params_m"]:.3f} M params, {cost["gflops"]:.3f} GFLOPs '
                 f'executed, {cost["gflops_released"]:.3f} released ({time.time() - start:.1f} s)')
         except Exception as exc:  # noqa: BLE001  (the variant is reported, the others go on)

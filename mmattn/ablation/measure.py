@@ -15,6 +15,7 @@ training step and inference step, all variants interleaved in one process.
 """
 import copy
 import os.path as osp
+import warnings
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -123,7 +124,9 @@ def benchmark_variants(configs: Dict[str, str], cfg_options: Optional[dict] = No
         try:
             cfg = load_variant_config(path, cfg_options)
             torch.manual_seed(0)
-            model = build_model(cfg).to(device)
+            with warnings.catch_warnings():  # the libraries' deprecation notes, per variant
+                warnings.simplefilter('ignore')
+                model = build_model(cfg).to(device)
             benches[name] = (model, _optim_wrapper(cfg, model, device))
         except Exception as exc:  # noqa: BLE001  (reported in the table, the others go on)
             out[name]['error'] = f'{type(exc).__name__}: {exc}'.splitlines()[0][:300]

@@ -161,6 +161,7 @@ def plot(rows: List[dict], metric: str, path: str, x_key: str = 'gflops',
     ax.set_title((title + note)[:150], fontsize=9)
     if any(r['variant'] == 'baseline' for r in drawn):
         ax.legend(loc='best', fontsize=8)
+    ax.margins(x=0.15, y=0.1)  # room for the labels right of the points
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
