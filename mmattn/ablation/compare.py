@@ -29,7 +29,8 @@ from .runs import (ChildProcess, Launcher, RunSpec, fingerprint, read_json, run_
 from .variants import (BASELINE, Variant, VariantError, attention_variants, load_variants_file,
                        variant_config_text)
 
-__all__ = ['CompareOptions', 'run_comparison', 'DEFAULT_METRICS', 'parse_cfg_options']
+__all__ = ['CompareOptions', 'run_comparison', 'DEFAULT_METRICS', 'parse_cfg_options',
+           'WorkDirBusy']
 
 DEFAULT_METRICS = {'mmseg': 'mIoU', 'mmpose': 'coco/AP', 'mmdet': 'coco/bbox_mAP'}
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -91,6 +92,10 @@ def _write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+class WorkDirBusy(RuntimeError):
+    """Another invocation is running on the same work dir."""
+
+
 class _WorkDirLock:
     """One invocation per work dir (per node): a second one would train the same runs."""
 
@@ -107,7 +112,7 @@ class _WorkDirLock:
             self.file.seek(0)
             holder = self.file.read().strip()
             self.file.close()
-            raise RuntimeError(f'another compare_attention.py ({holder or "unknown pid"}) is '
+            raise WorkDirBusy(f'another compare_attention.py ({holder or "unknown pid"}) is '
                                f'running in {osp.dirname(self.path)}') from None
         self.file.seek(0)
         self.file.truncate()

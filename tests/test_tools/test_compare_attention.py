@@ -386,6 +386,26 @@ def test_changed_run_definition_is_refused(tmp_path, fake_tools):
     assert record['status'] == 'failed' and "metric 'coco/AP' is not among" in record['error']
 
 
+def test_retry_failed_and_busy_work_dir(tmp_path, fake_tools):
+    from mmattn.ablation.compare import WorkDirBusy, _forget_failure, _WorkDirLock
+    work = tmp_path / 'work'
+    work.mkdir()
+    specs = [RunSpec(n, 0, str(work / f'{n}.py'), str(work / f'runs/{n}/seed_0'),
+                     train_options=['iters=2'], fingerprint='f') for n in ('bad', 'ok')]
+    for spec in specs:
+        run_one(spec, Launcher(str(fake_tools)), str(work), 'mIoU', log=lambda s: None)
+    for spec in specs:  # a failed run is forgotten (run again), a finished one is kept
+        _forget_failure(spec)
+    assert not (work / 'runs/bad/seed_0/result.json').exists()
+    assert (work / 'runs/ok/seed_0/result.json').exists()
+    with _WorkDirLock(str(work), 0):
+        with pytest.raises(WorkDirBusy, match='another compare_attention.py'):
+            with _WorkDirLock(str(work), 0):
+                pass
+        with _WorkDirLock(str(work), 1):  # another node of the same comparison
+            pass
+
+
 def test_torchrun_command():
     launcher = Launcher('/t', python='py', launcher='pytorch', nproc_per_node=2, nnodes=2,
                         node_rank=1, master_addr='10.0.0.1', master_port=29600)

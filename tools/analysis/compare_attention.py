@@ -115,12 +115,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmattn.ablation import CompareOptions, VariantError, run_comparison
+    from mmattn.ablation import CompareOptions, VariantError, WorkDirBusy, run_comparison
     from mmattn.ablation.runs import RunChangedError
     opts = CompareOptions(**{k: v for k, v in vars(args).items()})
     try:
         result = run_comparison(opts)
-    except (VariantError, RunChangedError, FileNotFoundError) as error:
+    except (VariantError, RunChangedError, WorkDirBusy, FileNotFoundError) as error:
         sys.exit(f'{type(error).__name__}: {error}')
     paths = result.get('paths') or {}
     if 'md' in paths:
