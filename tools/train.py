@@ -68,7 +68,8 @@ def main():
     import mmattn  # noqa: F401  (registers the modules and engine components)
     with exit_on_user_error():  # a bad config, data or checkpoint: one message, not a traceback
         cfg = build_cfg(args)
-        preflight(cfg, ('train_dataloader', 'val_dataloader'), check_data=not args.no_data_check)
+        preflight(cfg, ('train_dataloader', 'val_dataloader'), check_data=not args.no_data_check,
+                  check_pretrained=True)
         runner = build_runner(cfg)
         runner.train()
     del runner  # before the process group goes (see teardown_distributed)

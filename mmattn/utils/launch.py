@@ -132,25 +132,35 @@ def local_rank_env(local_rank: int) -> None:
 
 @contextlib.contextmanager
 def exit_on_user_error():
-    """Turn a broken checkpoint or dataset (``CheckpointError``, ``DatasetError``), whether found
-    by :func:`preflight` or while the Runner resumes/loads, into one line and exit status 1."""
+    """Turn a broken config, checkpoint, dataset or missing pretrained weights
+    (``ConfigError``, ``CheckpointError``, ``DatasetError``, ``PretrainedWeightsError``), whether
+    found by :func:`preflight` or while the Runner resumes/loads, into one line and exit
+    status 1."""
     from mmattn.datasets import DatasetError
+    from mmattn.models.backbones import PretrainedWeightsError
     from mmattn.utils.checkpoint import CheckpointError
     try:
         yield
-    except (CheckpointError, DatasetError, ConfigError) as error:
+    except (CheckpointError, DatasetError, ConfigError, PretrainedWeightsError) as error:
         sys.exit(f'{type(error).__name__}: {error}')
 
 
 def preflight(cfg: Config, dataloaders=('train_dataloader', 'val_dataloader'),
-              check_data: bool = True) -> None:
-    """Check, before the Runner is built, that the checkpoint the config loads is readable
-    and that the datasets it names are sound; raises ``CheckpointError``/``DatasetError``
-    naming the file instead of failing at iteration N."""
+              check_data: bool = True, check_pretrained: bool = False) -> None:
+    """Check, before the Runner is built, that the checkpoint the config loads is readable,
+    that the datasets it names are sound and (``check_pretrained``, for training) that the
+    pretrained weights it initialises from are at hand (downloaded into mmengine's cache if
+    needed, on the first process only); raises ``CheckpointError``/``DatasetError``/
+    ``PretrainedWeightsError`` naming the file instead of failing at iteration N."""
     from mmattn.datasets import validate_dataset
     from mmattn.utils.checkpoint import check_checkpoint_file
     if cfg.get('load_from'):
         check_checkpoint_file(cfg.load_from)
+    if check_pretrained and os.environ.get('LOCAL_RANK', '0') == '0':
+        # mmengine initialises (and so downloads) the weights before it loads a checkpoint,
+        # also when resuming
+        from mmattn.models.backbones import ensure_pretrained
+        ensure_pretrained(cfg.model)
     if check_data:
         for key in dataloaders:
             if cfg.get(key):

@@ -2,6 +2,7 @@
 an unknown attention name lists close matches and the available names; a plugin position or
 stage that does not exist names what exists; a channel mismatch names both numbers."""
 import copy
+import os
 import pathlib
 import re
 
@@ -117,3 +118,21 @@ def test_tools_refuse_a_config_of_another_codebase_in_one_line(tool, tmp_path):
     assert last.startswith("ConfigError: config default_scope is 'mmpretrain'; mmattn's tools "
                            'run configs of mmseg, mmpose, mmdet')
     assert "custom_imports=dict(imports=['mmattn'])" in last
+
+
+def test_train_py_names_missing_pretrained_weights_in_one_line(tmp_path):
+    """Pretrained weights that cannot be fetched stop training before the Runner is built, with
+    the file and the --cfg-options key to point at a local copy (not a URLError traceback)."""
+    import subprocess
+    import sys
+    url = 'http://127.0.0.1:9/nowhere/hrnetv2_w18_small-b5a04e21.pth'  # refused at once
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/train.py'), str(SEG_DEMO), '--work-dir',
+         str(tmp_path / 'work'), '--no-data-check', '--cfg-options', f'model.pretrained={url}'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TORCH_HOME=str(tmp_path / "torch_home")))
+    assert proc.returncode == 1
+    assert 'Traceback' not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('PretrainedWeightsError: pretrained weights model.pretrained=')
+    assert 'hrnetv2_w18_small-b5a04e21.pth' in last and '--cfg-options model.pretrained=' in last
