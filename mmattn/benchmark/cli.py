@@ -21,6 +21,13 @@ repetitions, and peak memory (CPU: PyTorch profiler allocation events; CUDA:
 max_memory_allocated), against the plain formulation of ``mmattn.testing.plain`` with the same
 weights and input. ``--compile`` adds ``torch.compile(module)`` against eager.
 
+Peers (``--peers``): the same modules against the classes users would otherwise pick
+(timm ``SEModule``, ``EcaModule``, ``CbamModule``, ``GlobalContext``, ``NonLocalAttn``,
+``CoordAttn``; mmcv ``ContextBlock``, ``NonLocal2d``; see ``mmattn.benchmark.peers``) with the
+same weights copied in, outputs compared, and an A/A control (the module against its deep
+copy); ratios peer / mmattn of time and peak memory, those below 0.95 flagged. timm is an
+optional benchmark dependency (``pip install timm``); without it its peers are skipped.
+
 Models (``--models CONFIG ...``): inference pass and training iteration of each config against
 its baseline config (same folder, name without ``-psa-p`` etc.), with the FLOPs overhead of
 ``mmattn.analysis`` (``tools/analysis/get_flops.py``).
@@ -33,6 +40,7 @@ Examples::
     python tools/analysis/benchmark.py --quick
     python tools/analysis/benchmark.py --modules psa_p psa_s --shapes pose256 --batch 8
     python tools/analysis/benchmark.py --targets --modules acmix --shapes pose256:s4
+    python tools/analysis/benchmark.py --peers --shapes pose256@8 --threads 1
     python tools/analysis/benchmark.py --models \\
         configs/psa/td-hm_hrnet-w48-psa-p_udp-8xb32-210e_coco-256x192.py --modules
 """
@@ -66,7 +74,7 @@ def parse_args(argv=None):
                         help='with --compile: modules not to compile (e.g. acmix, whose '
                         'unrolled 49-offset window loop takes minutes to compile on a CPU)')
     parser.add_argument('--targets', action='store_true',
-                        help="add the issue's target cases: Non-local and DANet PAM at C=512, "
+                        help="add the target cases: Non-local and DANet PAM at C=512, "
                         'N=2, 32x64 / 64x128 / 128x256; ACmix at C=64, 56x56, N=8')
     parser.add_argument('--targets-full', action='store_true',
                         help='with --targets: also run (not only predict the memory of) the '
@@ -86,6 +94,9 @@ def parse_args(argv=None):
     parser.add_argument('--max-mem', type=float, default=6.0,
                         help='GiB; variants predicted to need more are skipped (default 6)')
     parser.add_argument('--no-plain', action='store_true', help='skip the plain baselines')
+    parser.add_argument('--peers', action='store_true',
+                        help='add the timm / mmcv peers and the A/A control to every module '
+                        'that has peers (default modules: those)')
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
     parser.add_argument('--out', default='work_dirs/benchmark', help='output folder')
     parser.add_argument('--readme', default=None, metavar='FILE',
@@ -176,13 +187,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     import mmattn
     from mmattn.benchmark.memory import GiB
     from mmattn.benchmark.modules import Case, grid, run_case
-    from mmattn.benchmark.report import (compile_table, model_table, module_table,
-                                         plot_results, target_rows, target_table)
+    from mmattn.benchmark.report import (FLAG_BELOW, compile_table, model_table,
+                                         module_table, peer_flags, peer_table, plot_results,
+                                         target_rows, target_table)
     from mmattn.benchmark.shapes import FeatureShape, parse_shapes
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = mmattn.list_attention() if args.modules is None else args.modules
+    if args.modules is None:
+        from mmattn.benchmark.peers import peer_names
+        names = peer_names() if args.peers else mmattn.list_attention()
+    else:
+        names = args.modules
     unknown = [n for n in names if n not in mmattn.list_attention()]
     if unknown:
         print(f'unknown module(s) {unknown}; available: {mmattn.list_attention()}',
@@ -208,6 +224,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 cases.append(Case(name, FeatureShape(512, h, w, 'target'), 2, 'target'))
         cases.append(Case('acmix', FeatureShape(64, 56, 56, 'target'), 8, 'target'))
 
+    if args.peers:
+        try:
+            import timm  # noqa: F401  (an optional benchmark dependency)
+        except ImportError:
+            print('timm is not installed: timm peers skipped (pip install timm)', flush=True)
     os.makedirs(args.out, exist_ok=True)
     command = 'python tools/analysis/benchmark.py ' + ' '.join(
         argv if argv is not None else sys.argv[1:])
@@ -233,7 +254,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 result = run_case(case, dtype=dtype, device=device, reps=args.reps,
                                   compile=do_compile, max_mem_bytes=max_mem,
                                   budget_s=args.budget, with_plain=not args.no_plain,
-                                  predict_only=predict_only)
+                                  predict_only=predict_only, peers=args.peers)
                 if result.error:
                     print(f'  {result.error}', flush=True)
                 results.append(result)
@@ -267,6 +288,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         sections += ['', '### Targets', '', target_table(targets)]
     if results:
         sections += ['', '### Modules', '', module_table(results)]
+    peers = peer_table(results)
+    if peers:
+        skipped = sorted({note for r in results for note in r.peer_skipped})
+        flags = peer_flags(results)
+        sections += ['', '### Peers', '',
+                     'Ratios peer / mmattn (< 1: mmattn is slower or needs more memory), '
+                     f'bold below {FLAG_BELOW}; in brackets peer / mmattn in ms or MiB. '
+                     '`A/A copy` is the module against its own deep copy: its spread is the '
+                     'noise of this run. Output rel. diff: largest |peer - mmattn| / '
+                     'max |mmattn| of the forward (eval) outputs.', '', peers]
+        if skipped:
+            sections += ['', 'Peers not run: ' + '; '.join(skipped) + '.']
+        sections += ['', f'Flagged ({len(flags)}): ' + ('; '.join(flags) if flags else 'none')
+                     + '.']
     comp = compile_table(results)
     if comp:
         sections += ['', '### torch.compile against eager', '', comp]

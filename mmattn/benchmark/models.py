@@ -9,6 +9,9 @@ overhead counted by ``mmattn.analysis`` (the functions behind ``tools/analysis/g
   targets (pose: heatmaps of the codec's size and unit keypoint weights; segmentation: random
   labels of the crop size), ``parse_losses``, and the config's optimizer wrapper
   ``update_params`` (backward, optimizer step, zero grad).
+* Peak memory of each phase, model and baseline, after the timed calls (optimizer state
+  exists by then): :func:`mmattn.benchmark.memory.peak_bytes` (CPU: profiler allocation
+  events; CUDA: allocator statistics), above what was live before the call.
 """
 import copy
 import glob
@@ -21,6 +24,7 @@ import torch.nn as nn
 
 from mmattn.analysis import (analyze_model, build_model, default_input_shape, find_baseline,
                              load_config)
+from .memory import peak_bytes
 from .timing import median, time_interleaved
 
 __all__ = ['ModelResult', 'ModelBench', 'run_models', 'config_baseline', 'count_flops']
@@ -37,6 +41,8 @@ class ModelResult:
     # phase ('infer', 'train') -> {'model': s, 'baseline': s}
     times: Dict[str, Dict[str, float]] = field(default_factory=dict)
     samples: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    # phase -> {'model': bytes, 'baseline': bytes}: peak memory of one call
+    peak: Dict[str, Dict[str, int]] = field(default_factory=dict)
     # FLOPs (multiply-adds, batch 1) of model and baseline: executed / released
     flops: Dict[str, Dict[str, int]] = field(default_factory=dict)
     flops_source: str = ''
@@ -51,6 +57,12 @@ class ModelResult:
         if 'model' not in t or 'baseline' not in t or not t['baseline']:
             return None
         return t['model'] / t['baseline'] - 1.0
+
+    def peak_overhead(self, phase: str) -> Optional[float]:
+        p = self.peak.get(phase, {})
+        if not p.get('model') or not p.get('baseline'):
+            return None
+        return p['model'] / p['baseline'] - 1.0
 
     def flops_overhead(self, kind: str = 'executed') -> Optional[float]:
         f = self.flops.get(kind, {})
@@ -186,6 +198,7 @@ def run_models(configs: List[str], batch: int = 1, device='cpu', reps: int = 5,
                 result.samples[phase] = times
                 result.times[phase] = {k: median(v) for k, v in times.items()}
                 result.reps[phase] = n = len(times['model'])
+                result.peak[phase] = {k: peak_bytes(c, device) for k, c in calls.items()}
                 over = result.time_overhead(phase)
                 log(f'  {osp.basename(config)} N={batch} {phase}: '
                     f'{1000 * result.times[phase]["model"]:.0f} ms vs '

@@ -6,7 +6,11 @@ One case = one module at one feature shape, batch size, dtype and device. Varian
 * ``module``: the module as shipped (eager);
 * ``plain``: the plain formulation with the same module's weights, on the same input (only for
   modules that have one, see :func:`mmattn.testing.plain.has_plain`);
-* ``compiled``: ``torch.compile(module)`` (with ``--compile``).
+* ``compiled``: ``torch.compile(module)`` (with ``--compile``);
+* with ``peers=True``: the other libraries' classes of :mod:`mmattn.benchmark.peers` with the
+  module's weights (named by their label, e.g. ``timm SEModule``), and the A/A control
+  ``A/A copy``, a deep copy of the module measured as if it were a peer (its ratios show the
+  noise of the run).
 
 Phases: ``fwd`` is inference (``eval()``, ``torch.no_grad()``); ``fwdbwd`` is training
 (``train()``, input requiring grad, forward, ``backward`` of a fixed random output gradient,
@@ -17,6 +21,7 @@ AMP training. In each phase the first call of every variant is run under the mem
 turns (:func:`mmattn.benchmark.timing.time_interleaved`), median of the repetitions.
 """
 import contextlib
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -24,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from mmattn.testing.weights import randomise
 from .memory import GiB, peak_bytes, predict_peak_bytes
 from .shapes import FeatureShape
 from .timing import median, reps_within, time_call, time_interleaved
@@ -40,7 +46,7 @@ class Case:
     name: str
     shape: FeatureShape
     batch: int
-    tag: str = ''  # e.g. 'target' for the issue's target cases
+    tag: str = ''  # e.g. 'target' for the cases of report.TARGETS
 
 
 @dataclass
@@ -67,6 +73,8 @@ class CaseResult:
     compile_error: str = ''
     graph_breaks: Optional[int] = None
     max_rel_err: Dict[str, float] = field(default_factory=dict)  # variant vs module (fwd)
+    peers: List[str] = field(default_factory=list)  # peer variants, A/A control last
+    peer_skipped: List[str] = field(default_factory=list)  # why a peer was not built
     profiled_time: List[str] = field(default_factory=list)  # phases timed by the profiled call
     error: str = ''
 
@@ -81,22 +89,13 @@ def module_kwargs(name: str) -> dict:
     return {}
 
 
-def _randomise_zero_params(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random values for parameters initialised to zero (residual gammas, zero-init norms),
-    so that no branch is skipped by a shortcut and the outputs compared are not the input."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.numel() and p.abs().sum() == 0:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen).to(p))
-    return module
-
-
 def build_module(name: str, channels: int, device='cpu', seed: int = 0) -> nn.Module:
     from mmattn.models.layers import build_attention
     torch.manual_seed(seed)
     module = build_attention(name, channels, **module_kwargs(name))
-    return _randomise_zero_params(module, seed).to(device)
+    # constant initial parameters (residual gammas, zero-init norms) perturbed, so that no
+    # branch is skipped by a shortcut and the outputs compared are not the input
+    return randomise(module, seed, scale=0.1, only_constant=True).to(device)
 
 
 def autocast_dtype(device) -> torch.dtype:
@@ -132,7 +131,7 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def run_case(case: Case, dtype: str = 'float32', device='cpu', reps: int = 5,
              compile: bool = False, max_mem_bytes: Optional[int] = 6 * GiB,
              budget_s: Optional[float] = 10.0, with_plain: bool = True,
-             predict_only: bool = False,
+             predict_only: bool = False, peers: bool = False,
              log: Callable[[str], None] = print) -> CaseResult:
     """Measure one case (see the module docstring); never raises, errors land in
     ``result.error`` / ``result.skipped``. ``predict_only``: only the fake-tensor memory
@@ -164,8 +163,17 @@ def run_case(case: Case, dtype: str = 'float32', device='cpu', reps: int = 5,
     if compile:
         torch._dynamo.reset()
         forwards['compiled'] = torch.compile(module)
+    others: List[nn.Module] = []  # peers and the A/A copy: own parameters, own train mode
+    if peers:
+        from .peers import AA_CONTROL, build_peers
+        built, result.peer_skipped = build_peers(case.name, module)
+        built[AA_CONTROL] = copy.deepcopy(module)
+        for label, peer in built.items():
+            forwards[label] = peer
+            others.append(peer)
+        result.peers = list(built)
 
-    params = [p for p in module.parameters()]
+    params = [p for m in [module] + others for p in m.parameters()]
     grads: Dict[torch.dtype, torch.Tensor] = {}
 
     def out_grad(y: torch.Tensor) -> torch.Tensor:
@@ -254,7 +262,8 @@ def run_case(case: Case, dtype: str = 'float32', device='cpu', reps: int = 5,
 
     # ---- phases (the compiled variant is compiled once per phase, untimed)
     for phase in PHASES:
-        module.train(phase == 'fwdbwd')
+        for m in [module] + others:
+            m.train(phase == 'fwdbwd')
         make = make_fwd if phase == 'fwd' else make_fwdbwd
         calls = {v: make(f) for v, f in forwards.items() if v not in result.skipped[phase]}
         if 'compiled' in calls:

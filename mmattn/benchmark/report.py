@@ -8,8 +8,14 @@ from .memory import GiB, MiB
 from .models import ModelResult
 from .modules import CaseResult
 
-__all__ = ['module_table', 'compile_table', 'model_table', 'target_rows', 'target_table',
-           'plot_results', 'TARGETS']
+__all__ = ['module_table', 'compile_table', 'peer_table', 'peer_flags', 'model_table',
+           'target_rows', 'target_table', 'plot_results', 'TARGETS', 'FLAG_BELOW',
+           'OUTPUT_RTOL']
+
+# peer / mmattn ratios below this are flagged (mmattn slower or hungrier by more than 5%)
+FLAG_BELOW = 0.95
+# largest relative difference of a peer's forward output from mmattn's that counts as equal
+OUTPUT_RTOL = {'float32': 1e-4, 'autocast': 5e-2}
 
 
 def _ms(seconds: Optional[float]) -> str:
@@ -96,6 +102,71 @@ def compile_table(results: Sequence[CaseResult]) -> str:
     return '\n'.join(lines)
 
 
+def _peer_ratio(r: CaseResult, what: str, phase: str, peer: str) -> Optional[float]:
+    values = r.times.get(phase, {}) if what == 'time' else r.peak.get(phase, {})
+    mine, theirs = values.get('module'), values.get(peer)
+    if not mine or not theirs:
+        return None
+    return theirs / mine
+
+
+_PEER_COLUMNS = (('time', 'fwd'), ('time', 'fwdbwd'), ('peak', 'fwd'), ('peak', 'fwdbwd'))
+
+
+def _peer_cell(r: CaseResult, what: str, phase: str, peer: str) -> str:
+    ratio = _peer_ratio(r, what, phase, peer)
+    if ratio is None:
+        skipped = r.skipped.get(phase, {}).get(peer)
+        return skipped or '-'
+    values = r.times.get(phase, {}) if what == 'time' else r.peak.get(phase, {})
+    fmt = _ms if what == 'time' else _mib
+    text = f'{ratio:.2f} ({fmt(values[peer])} / {fmt(values["module"])})'
+    return f'**{text}**' if ratio < FLAG_BELOW else text
+
+
+def _output_check(r: CaseResult, peer: str) -> str:
+    err = r.max_rel_err.get(peer)
+    if err is None:
+        return '-'
+    ok = err <= OUTPUT_RTOL.get(r.dtype, OUTPUT_RTOL['autocast'])
+    return f'{err:.1e}' + ('' if ok else ' DIFFERS')
+
+
+def peer_table(results: Sequence[CaseResult]) -> str:
+    """One row per case and peer (the A/A control too): ratios peer / mmattn of the median
+    time and of the peak memory, forward and forward+backward, with ``peer / mmattn`` values
+    in brackets (ms, MiB); ratios below :data:`FLAG_BELOW` in bold (mmattn loses); the largest
+    relative difference of the peer's forward output from mmattn's."""
+    rows = [r for r in results if r.peers and not r.error]
+    if not rows:
+        return ''
+    lines = ['| module | peer | C x H x W | N | dtype | time fwd | time fwd+bwd | '
+             'peak fwd | peak fwd+bwd | output rel. diff |', '|' + '---|' * 10]
+    for r in rows:
+        for peer in r.peers:
+            cells = ' | '.join(_peer_cell(r, w, p, peer) for w, p in _PEER_COLUMNS)
+            lines.append(f'| {r.name} | {peer} | {r.shape} | {r.batch} | {r.dtype} | {cells} '
+                         f'| {_output_check(r, peer)} |')
+    return '\n'.join(lines)
+
+
+def peer_flags(results: Sequence[CaseResult]) -> List[str]:
+    """One line per peer ratio below :data:`FLAG_BELOW` and per peer whose output differs."""
+    flags = []
+    names = {('time', 'fwd'): 'time fwd', ('time', 'fwdbwd'): 'time fwd+bwd',
+             ('peak', 'fwd'): 'peak fwd', ('peak', 'fwdbwd'): 'peak fwd+bwd'}
+    for r in results:
+        for peer in r.peers:
+            where = f'{r.name} vs {peer} at {r.shape} N={r.batch} {r.dtype}'
+            for what, phase in _PEER_COLUMNS:
+                ratio = _peer_ratio(r, what, phase, peer)
+                if ratio is not None and ratio < FLAG_BELOW:
+                    flags.append(f'{where}: {names[what, phase]} {ratio:.2f}')
+            if _output_check(r, peer).endswith('DIFFERS'):
+                flags.append(f'{where}: output differs by {r.max_rel_err[peer]:.1e}')
+    return flags
+
+
 def _pct(value: Optional[float]) -> str:
     return '-' if value is None else f'{100 * value:+.1f}%'
 
@@ -103,19 +174,25 @@ def _pct(value: Optional[float]) -> str:
 def model_table(results: Sequence[ModelResult]) -> str:
     lines = ['| config | baseline | input | N | inference ms (model / baseline) | '
              'inference overhead | train iter ms (model / baseline) | train overhead | '
+             'peak inference MiB (model / baseline) | peak train iter MiB (model / baseline) | '
              'FLOPs overhead executed / released | inference time overhead / FLOPs overhead '
-             '(executed; released) | reps |', '|' + '---|' * 11]
+             '(executed; released) | reps |', '|' + '---|' * 13]
     for r in results:
         name = osp.splitext(osp.basename(r.config))[0]
         base = osp.splitext(osp.basename(r.baseline))[0] if r.baseline else '-'
         if r.error:
-            lines.append(f'| {name} | {base} | | {r.batch} | {r.error} | | | | | | |')
+            lines.append(f'| {name} | {base} | | {r.batch} | {r.error} | | | | | | | | |')
             continue
         cells = []
         for phase in ('infer', 'train'):
             t = r.times.get(phase, {})
             cells.append(f'{_ms(t.get("model"))} / {_ms(t.get("baseline"))}')
             cells.append(_pct(r.time_overhead(phase)))
+        peaks = []
+        for phase in ('infer', 'train'):
+            p = r.peak.get(phase, {})
+            peaks.append(f'{_mib(p.get("model"))} / {_mib(p.get("baseline"))} '
+                         f'({_pct(r.peak_overhead(phase))})')
         fe, fr = r.flops_overhead('executed'), r.flops_overhead('released')
         ti = r.time_overhead('infer')
         ratios = []
@@ -123,8 +200,9 @@ def model_table(results: Sequence[ModelResult]) -> str:
             ratios.append('-' if f is None or ti is None or f <= 0 else f'{ti / f:.1f}x')
         reps = '/'.join(str(r.reps.get(p, '-')) for p in ('infer', 'train'))
         lines.append(f'| {name} | {base} | {r.input_hw[0]}x{r.input_hw[1]} | {r.batch} | '
-                     f'{cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | '
-                     f'{_pct(fe)} / {_pct(fr)} | {ratios[0]}; {ratios[1]} | {reps} |')
+                     f'{cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {peaks[0]} | '
+                     f'{peaks[1]} | {_pct(fe)} / {_pct(fr)} | {ratios[0]}; {ratios[1]} | '
+                     f'{reps} |')
     return '\n'.join(lines)
 
 
@@ -160,7 +238,7 @@ def _find(results, name, label, batch, dtype='float32'):
 
 def target_rows(results: Sequence[CaseResult],
                 models: Sequence[ModelResult] = ()) -> List[Dict[str, str]]:
-    """The issue's targets, evaluated on what this run measured (absent ones are left out)."""
+    """The performance targets of TARGETS, evaluated on what this run measured (absent ones are left out)."""
     rows = []
     for name in ('nonlocal', 'danet_pam'):
         r = _find(results, name, '512x128x256', 2)

@@ -1,7 +1,7 @@
 """Feature shapes where the shipped configs put attention modules.
 
 HRNet-W48 has four branches of 48/96/192/384 channels at strides 4/8/16/32 of the input; the
-shipped PSA configs put a module in every BasicBlock of stages 2-4 (SPEC 2.1), so a module sees
+shipped PSA configs put a module in every BasicBlock of stages 2-4 (the released PSA placement), so a module sees
 those four shapes. Inputs: UDP-Pose 256x192 and 384x288 (COCO), OCRNet 512x1024 crops
 (Cityscapes).
 """

@@ -1,4 +1,4 @@
-"""ACmix (SPEC 2.10): numerical proofs against the released formulation, closed forms of both
+"""ACmix: numerical proofs against the released formulation, closed forms of both
 paths, gradients, the memory claim (no kernel_att^2-fold unfold) and the argument checks."""
 import re
 

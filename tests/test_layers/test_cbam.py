@@ -1,4 +1,4 @@
-"""CBAM (SPEC 2.4): equality with the written-out channel and spatial gates, closed forms,
+"""CBAM: equality with the written-out channel and spatial gates, closed forms,
 the released initialisation, errors."""
 import pytest
 import torch
@@ -49,7 +49,7 @@ def _weights(module):
                    (bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)]
 
 
-@pytest.mark.parametrize('kwargs,hw', [(dict(), (9, 11)), (dict(ratio=8, kernel_size=3), (4, 5)),
+@pytest.mark.parametrize('kwargs,hw', [(dict(), (9, 11)), (dict(rd_ratio=1 / 8, kernel_size=3), (4, 5)),
                                        (dict(no_spatial=True), (5, 3)), (dict(), (1, 1))])
 def test_matches_written_out_formula_float64(kwargs, hw):
     module = _randomise(CBAM(32, **kwargs)).double().eval()
@@ -101,7 +101,7 @@ def test_released_init_starts_the_spatial_gate_at_one_half(train):
 
 @pytest.mark.parametrize('train', [False, True])
 def test_gradcheck_float64(train):
-    module = _randomise(CBAM(16, ratio=4, kernel_size=3)).double().train(train)
+    module = _randomise(CBAM(16, rd_ratio=1 / 4, kernel_size=3)).double().train(train)
     x = torch.randn(2, 16, 3, 4, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(3)).requires_grad_()
     assert torch.autograd.gradcheck(module, (x, ), eps=1e-6, atol=1e-6)
@@ -139,8 +139,8 @@ def test_batchnorm_train_with_one_value_raises_as_torch_does():
 
 
 @pytest.mark.parametrize('kwargs,exc,words', [
-    (dict(in_channels=8), ValueError, ['in_channels', 'ratio']),
-    (dict(in_channels=32, ratio=-1), ValueError, ['ratio']),
+    (dict(in_channels=8), ValueError, ['in_channels', 'rd_ratio']),
+    (dict(in_channels=32, rd_ratio=-1), ValueError, ['rd_ratio']),
     (dict(in_channels=32, kernel_size=6), ValueError, ['kernel_size']),
     (dict(in_channels=32, kernel_size=0), ValueError, ['kernel_size']),
     (dict(in_channels=32, no_spatial='yes'), TypeError, ['no_spatial']),

@@ -1,4 +1,4 @@
-"""The contract every attention module of the zoo keeps (SPEC section 2, issue 3).
+"""The contract every attention module of the zoo keeps.
 
 Per-module numerical proofs live in the family's own test file; this file checks what all of
 them share, parametrised over ``list_attention()`` so a new module is covered on arrival.
@@ -13,6 +13,7 @@ import mmattn
 from mmattn.models.layers import (attention_class_names, build_attention, list_attention,
                                   resolve_attention)
 from mmattn.registry import MODELS
+from mmattn.testing import randomise
 
 # Small settings for each short name: channels, constructor kwargs, an odd non-square size the
 # method allows, and the output shape as a function of the input shape.
@@ -60,19 +61,21 @@ def _input(name, n=2, dtype=torch.float32):
 
 
 def _randomise(module):
-    """Give zero-initialised parameters (residual gammas, last convs) random values so the
-    checks below exercise the whole computation, not an identity."""
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.dim() <= 1 or p.abs().sum() == 0:
-                p.add_(0.1 * torch.randn_like(p))
-    return module
+    """Perturb the constant initial parameters (residual gammas, zero last convs) so the checks
+    below exercise the whole computation, not an identity."""
+    return randomise(module, seed=2, scale=0.1, only_constant=True)
 
 
 def test_every_short_name_has_a_case():
     assert sorted(CASES) == sorted(list_attention())
-    assert len(list_attention()) == 16
+
+
+def test_every_registered_layer_has_a_short_name():
+    """Each class that mmattn.models.layers registers is reachable by a short name (and so by
+    this file's checks); a new module registered without one fails here."""
+    registered = {name for name, cls in MODELS.module_dict.items()
+                  if cls.__module__.startswith('mmattn.models.layers.')}
+    assert registered == set(attention_class_names())
 
 
 @pytest.mark.parametrize('name', list_attention())
@@ -165,6 +168,32 @@ def test_export_matches_eager(name):
     torch.testing.assert_close(exported.module()(x), module(x), rtol=1e-5, atol=1e-5)
 
 
+# mmattn subclasses of mmcv bricks, as mmcv plugins of mmdet's ResNet Bottleneck: (ours,
+# mmcv's) configs that compute the same function
+MMCV_PLUGIN_PAIRS = [
+    (dict(type='GlobalContextBlock'), dict(type='ContextBlock', ratio=1 / 16)),
+    (dict(type='FusedNonLocal2d', norm_cfg=None, use_scale=True), dict(type='NonLocal2d')),
+]
+
+
+@pytest.mark.parametrize('ours,theirs', MMCV_PLUGIN_PAIRS, ids=['gc', 'nonlocal'])
+def test_mmcv_plugin_checkpoints_load(ours, theirs):
+    """A Bottleneck with mmcv's brick as its plugin (mmdet's GCNet / Non-local configs) and
+    the same Bottleneck with mmattn's class: the same state dict keys (plugin names come from
+    ``_abbr_``), so the checkpoint loads strictly, and the same output."""
+    from mmdet.models.backbones.resnet import Bottleneck
+
+    def block(cfg):
+        torch.manual_seed(0)
+        return Bottleneck(64, 16, plugins=[dict(cfg=cfg, position='after_conv3')])
+
+    mmcv_block, our_block = block(theirs), block(ours)
+    randomise(mmcv_block, scale=0.2).double().eval()
+    our_block.double().eval().load_state_dict(mmcv_block.state_dict(), strict=True)
+    x = torch.randn(2, 64, 6, 5, dtype=torch.float64)
+    torch.testing.assert_close(our_block(x), mmcv_block(x), rtol=1e-10, atol=1e-10)
+
+
 def test_unknown_name_lists_close_matches():
     with pytest.raises(KeyError, match=r"did you mean .*'psa_p'"):
         build_attention('psa_q', 16)
@@ -173,9 +202,47 @@ def test_unknown_name_lists_close_matches():
 
 
 def test_class_names_are_unambiguous():
-    # "PSA" alone names three published modules; no registered name may be that short.
-    for cls_name in attention_class_names():
-        assert cls_name.lower() not in {'psa', 'attention', 'da', 'dat'}
+    """No mmattn class name is also registered, for another class, by mmseg, mmdet or mmpose
+    (in whose scope a config's ``type`` would then build theirs)."""
+    from mmdet.registry import MODELS as MMDET_MODELS
+    from mmpose.registry import MODELS as MMPOSE_MODELS
+    from mmseg.registry import MODELS as MMSEG_MODELS
+    from mmdet.utils import register_all_modules as register_mmdet
+    from mmpose.utils import register_all_modules as register_mmpose
+    from mmseg.utils import register_all_modules as register_mmseg
+    for register in (register_mmdet, register_mmpose, register_mmseg):
+        register(init_default_scope=False)
+    for registry in (MMDET_MODELS, MMPOSE_MODELS, MMSEG_MODELS):
+        assert len(registry.module_dict) > 20  # the downstream modules are registered
+        for cls_name in attention_class_names():
+            theirs = registry.module_dict.get(cls_name)
+            assert theirs is None or theirs is MODELS.get(cls_name), (registry.scope, cls_name)
+
+
+# mmattn's reduction ratio under its deprecated names: (short name, old kwargs, rd_ratio)
+OLD_REDUCTION_NAMES = [
+    ('se', dict(ratio=4), 1 / 4), ('cbam', dict(ratio=8), 1 / 8), ('gc', dict(ratio=1 / 8), 1 / 8),
+    ('nonlocal', dict(reduction=4), 1 / 4), ('danet_pam', dict(reduction=4), 1 / 4),
+    ('danet', dict(reduction=4), 1 / 4), ('coord', dict(reduction=4), 1 / 4),
+]
+
+
+@pytest.mark.parametrize('name,old,rd_ratio', OLD_REDUCTION_NAMES,
+                         ids=[case[0] for case in OLD_REDUCTION_NAMES])
+def test_deprecated_reduction_names_build_the_same_module(name, old, rd_ratio):
+    """``ratio``/``reduction`` still work with a DeprecationWarning naming ``rd_ratio``, give the
+    same layer widths (so state dicts saved with them load strictly) and the same output."""
+    c = 32
+    new = randomise(build_attention(name, c, rd_ratio=rd_ratio), scale=0.3).eval()
+    (key, value), = old.items()
+    with pytest.warns(DeprecationWarning, match=f'{key}={value!r} is deprecated, use rd_ratio'):
+        legacy = build_attention(name, c, **old).eval()
+    assert legacy.rd_ratio == pytest.approx(rd_ratio)
+    legacy.load_state_dict(new.state_dict(), strict=True)
+    x = torch.randn(2, c, 5, 6)
+    torch.testing.assert_close(legacy(x), new(x), rtol=0, atol=0)
+    with pytest.raises(TypeError, match='rd_ratio'):
+        build_attention(name, c, rd_ratio=rd_ratio, **old)
 
 
 def test_no_fixed_device_in_forward_code():

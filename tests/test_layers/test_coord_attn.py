@@ -1,4 +1,4 @@
-"""CoordinateAttention (SPEC 2.9): equality with the written-out directional gates, closed forms,
+"""CoordinateAttention: equality with the written-out directional gates, closed forms,
 gradcheck, the released initialisation, errors."""
 import pytest
 import torch
@@ -36,8 +36,8 @@ def _reference(x, module):
     return torch.einsum('ncij,nci,ncj->ncij', x, a_h, a_w)
 
 
-@pytest.mark.parametrize('c,kwargs,hw', [(16, dict(), (5, 7)), (64, dict(reduction=4), (6, 3)),
-                                         (16, dict(min_mip=2, reduction=4), (1, 1)),
+@pytest.mark.parametrize('c,kwargs,hw', [(16, dict(), (5, 7)), (64, dict(rd_ratio=1 / 4), (6, 3)),
+                                         (16, dict(min_mip=2, rd_ratio=1 / 4), (1, 1)),
                                          (8, dict(), (1, 9))])
 def test_matches_written_out_formula_float64(c, kwargs, hw):
     module = _randomise(CoordinateAttention(c, **kwargs)).double().eval()
@@ -46,7 +46,7 @@ def test_matches_written_out_formula_float64(c, kwargs, hw):
 
 
 @pytest.mark.parametrize('c,kwargs,mip', [(16, dict(), 8), (512, dict(), 16),
-                                          (256, dict(reduction=16), 16),
+                                          (256, dict(rd_ratio=1 / 16), 16),
                                           (64, dict(min_mip=1), 2)])
 def test_encoding_width(c, kwargs, mip):
     module = CoordinateAttention(c, **kwargs)
@@ -76,7 +76,7 @@ def test_gate_factorises_over_rows_and_columns():
 
 @pytest.mark.parametrize('train', [False, True])
 def test_gradcheck_float64(train):
-    module = _randomise(CoordinateAttention(4, min_mip=2, reduction=2)).double().train(train)
+    module = _randomise(CoordinateAttention(4, min_mip=2, rd_ratio=1 / 2)).double().train(train)
     x = torch.randn(1, 4, 2, 3, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(3)).requires_grad_()
     assert torch.autograd.gradcheck(module, (x, ), eps=1e-6, atol=1e-6)
@@ -100,8 +100,9 @@ def test_batchnorm_trains_on_one_sample_of_one_pixel():
 
 
 @pytest.mark.parametrize('kwargs,exc,word', [
+    (dict(in_channels=16, rd_ratio=0), ValueError, 'rd_ratio'),
+    (dict(in_channels=16, rd_ratio='1/32'), TypeError, 'rd_ratio'),
     (dict(in_channels=16, reduction=0), ValueError, 'reduction'),
-    (dict(in_channels=16, reduction=2.5), TypeError, 'reduction'),
     (dict(in_channels=16, min_mip=0), ValueError, 'min_mip'),
     (dict(in_channels=16, norm_cfg='BN'), TypeError, 'norm_cfg'),
     (dict(in_channels=16, norm_cfg=dict(type='Nope')), ValueError, 'norm_cfg'),

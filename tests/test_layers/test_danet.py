@@ -1,4 +1,4 @@
-"""DANet PAM / CAM / dual (SPEC 2.6): equal to the explicit released formulation, identity at
+"""DANet PAM / CAM / dual: equal to the explicit released formulation, identity at
 init, PAM never allocates the (HW x HW) matrix, CAM robust in half precision, argument checks."""
 import pytest
 import torch
@@ -26,7 +26,7 @@ def randomise(m, seed=0):
 
 def test_defaults_and_names():
     pam = build_attention('danet_pam', 64)
-    assert type(pam) is DANetPositionAttention and pam.reduction == 8
+    assert type(pam) is DANetPositionAttention and pam.rd_ratio == 1 / 8
     assert pam.query_conv.out_channels == pam.key_conv.out_channels == 8
     assert pam.value_conv.out_channels == 64 and pam.query_conv.bias is not None
     # the release's parameter names, so its PAM_Module / CAM_Module weights load
@@ -39,9 +39,9 @@ def test_defaults_and_names():
 
 
 @pytest.mark.parametrize('hw', [(5, 7), (1, 1), (12, 3)])
-@pytest.mark.parametrize('reduction', [8, 2])
+@pytest.mark.parametrize('rd_ratio', [1 / 8, 1 / 2])
 def test_pam_matches_explicit_float64(hw, reduction):
-    m = randomise(DANetPositionAttention(16, reduction=reduction).double())
+    m = randomise(DANetPositionAttention(16, rd_ratio=rd_ratio).double())
     x = torch.randn(2, 16, *hw, dtype=torch.float64)
     expected = m.gamma * reference_pam_term(m, x) + x
     torch.testing.assert_close(m(x), expected, rtol=1e-10, atol=1e-10)
@@ -109,7 +109,7 @@ def test_pam_never_allocates_affinity_matrix(cls, monkeypatch):
 # C <= HW: the attention output is P V, transposed; C > HW: V^T P^T straight away
 @pytest.mark.parametrize('c,hw', [(8, (3, 4)), (16, (2, 3))])
 def test_gradcheck_pam_float64(c, hw):
-    m = randomise(DANetPositionAttention(c, reduction=4).double())
+    m = randomise(DANetPositionAttention(c, rd_ratio=1 / 4).double())
     x = torch.randn(1, c, *hw, dtype=torch.float64, requires_grad=True)
     gamma = m.gamma.detach().clone().requires_grad_()
     params = dict(m.named_parameters())
@@ -150,13 +150,13 @@ def test_cam_half_precision_energy_does_not_overflow():
 @pytest.mark.parametrize('cls, kwargs, exc, name', [
     (DANetPositionAttention, dict(in_channels=0), ValueError, 'in_channels'),
     (DANetPositionAttention, dict(in_channels='16'), TypeError, 'in_channels'),
-    (DANetPositionAttention, dict(reduction=0), ValueError, 'reduction'),
-    (DANetPositionAttention, dict(reduction=8.0), TypeError, 'reduction'),
-    (DANetPositionAttention, dict(in_channels=4), ValueError, 'in_channels=4.*reduction'),
+    (DANetPositionAttention, dict(rd_ratio=0), ValueError, 'rd_ratio'),
+    (DANetPositionAttention, dict(rd_ratio='1/8'), TypeError, 'rd_ratio'),
+    (DANetPositionAttention, dict(in_channels=4), ValueError, 'in_channels=4.*rd_ratio'),
     (DANetChannelAttention, dict(in_channels=0), ValueError, 'in_channels'),
     (DANetChannelAttention, dict(in_channels=None), TypeError, 'in_channels'),
     (DANetDualAttention, dict(in_channels=-1), ValueError, 'in_channels'),
-    (DANetDualAttention, dict(reduction=True), TypeError, 'DANetDualAttention: reduction'),
+    (DANetDualAttention, dict(rd_ratio=True), TypeError, 'DANetDualAttention: rd_ratio'),
     (DANetDualAttention, dict(in_channels=4), ValueError, 'DANetDualAttention.*in_channels=4'),
 ])
 def test_bad_arguments_name_the_argument(cls, kwargs, exc, name):

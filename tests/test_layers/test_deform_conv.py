@@ -1,4 +1,4 @@
-"""DeformableConvV2 (SPEC 2.13): the plain conv it starts as, deformable sampling checked
+"""DeformableConvV2: the plain conv it starts as, deformable sampling checked
 against shifted inputs (integer and bilinear offsets), gradients, dtypes/autocast, errors."""
 import pytest
 import torch

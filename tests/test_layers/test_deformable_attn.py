@@ -1,4 +1,4 @@
-"""Proofs for DeformableAttention2d (DAT, SPEC 2.11).
+"""Proofs for DeformableAttention2d (DAT).
 
 The module is compared in float64 with a formulation written out here from the maths alone:
 1x1 convs as einsums, the depthwise conv by F.conv2d, LayerNorm and GELU by formula, the

@@ -1,4 +1,4 @@
-"""EfficientChannelAttention (SPEC 2.3): adaptive kernel, equality with a written-out channel
+"""EfficientChannelAttention: adaptive kernel, equality with a written-out channel
 convolution, closed forms with hand-set kernels, errors."""
 import math
 

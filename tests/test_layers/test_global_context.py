@@ -1,27 +1,24 @@
-"""GlobalContextBlock (SPEC 2.7): equal to the explicit formulation and to mmcv's ContextBlock,
-identity at init, paper defaults, argument checks."""
+"""GlobalContextBlock: equal to the explicit formulation and to mmcv's ContextBlock (whose
+spatial pooling it replaces), identity at init, paper defaults, argument checks."""
 import pytest
 import torch
 import torch.nn.functional as F
 from mmcv.cnn import ContextBlock
 
 from mmattn.models.layers import GlobalContextBlock, build_attention
+from mmattn.testing import randomise as randomise_weights
 
 FUSIONS = [('channel_add', ), ('channel_mul', ), ('channel_add', 'channel_mul')]
 
 
 def randomise(m, seed=0):
-    """Random values for every parameter (the zero-initialised last convs and LayerNorm
-    affine included)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return m.eval()
+    """Every parameter random (the zero-initialised last convs included), eval mode."""
+    return randomise_weights(m, seed, scale=0.3).eval()
 
 
 def reference_gc(m, x):
-    """The GC block written out from SPEC 2.7."""
+    """The GC block written out from the paper: softmax over the HW positions of a 1-channel
+    mask, the weighted sum of x, the LayerNorm bottleneck per fusion."""
     n, c, h, w = x.shape
     if m.pooling_type == 'att':
         logits = F.conv2d(x, m.conv_mask.weight, m.conv_mask.bias).reshape(n, h * w)
@@ -48,16 +45,15 @@ def reference_gc(m, x):
 def test_paper_defaults():
     m = build_attention('gc', 64)
     assert type(m) is GlobalContextBlock and isinstance(m, ContextBlock)
-    assert (m.ratio, m.planes, m.pooling_type, m.fusion_types) == (1 / 16, 4, 'att',
+    assert (m.rd_ratio, m.planes, m.pooling_type, m.fusion_types) == (1 / 16, 4, 'att',
                                                                    ('channel_add', ))
     assert m.channel_mul_conv is None
-    assert GlobalContextBlock._abbr_ == ContextBlock._abbr_  # mmcv plugin names carry over
 
 
 @pytest.mark.parametrize('pooling_type', ['att', 'avg'])
 @pytest.mark.parametrize('fusion_types', FUSIONS)
 def test_matches_explicit_formulation_and_mmcv_float64(pooling_type, fusion_types):
-    m = randomise(GlobalContextBlock(32, ratio=1 / 8, pooling_type=pooling_type,
+    m = randomise(GlobalContextBlock(32, rd_ratio=1 / 8, pooling_type=pooling_type,
                                      fusion_types=fusion_types).double())
     x = torch.randn(2, 32, 5, 7, dtype=torch.float64)
     y = m(x)
@@ -91,7 +87,7 @@ def test_init_cfg_replaces_default_init():
 
 
 def test_gradcheck_float64():
-    m = randomise(GlobalContextBlock(8, ratio=1 / 4,
+    m = randomise(GlobalContextBlock(8, rd_ratio=1 / 4,
                                      fusion_types=('channel_add', 'channel_mul')).double())
     x = torch.randn(1, 8, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x, ))
@@ -100,10 +96,10 @@ def test_gradcheck_float64():
 @pytest.mark.parametrize('kwargs, exc, name', [
     (dict(in_channels=0), ValueError, 'in_channels'),
     (dict(in_channels=32.0), TypeError, 'in_channels'),
-    (dict(ratio=0), ValueError, 'ratio'),
-    (dict(ratio='1/16'), TypeError, 'ratio'),
-    (dict(ratio=16), ValueError, 'ratio.*did you mean 1/16'),
-    (dict(in_channels=8), ValueError, 'in_channels=8.*ratio=0.0625'),
+    (dict(rd_ratio=0), ValueError, 'rd_ratio'),
+    (dict(rd_ratio='1/16'), TypeError, 'rd_ratio'),
+    (dict(rd_ratio=16), ValueError, 'rd_ratio.*did you mean 1/16'),
+    (dict(in_channels=8), ValueError, 'in_channels=8.*rd_ratio=0.0625'),
     (dict(pooling_type='max'), ValueError, 'pooling_type'),
     (dict(fusion_types='channel_add'), TypeError, 'fusion_types'),
     (dict(fusion_types=()), ValueError, 'fusion_types'),

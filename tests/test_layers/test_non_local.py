@@ -1,4 +1,4 @@
-"""FusedNonLocal2d (SPEC 2.5): equal to the explicit (HW x HW) formulation and to mmcv's
+"""FusedNonLocal2d: equal to the explicit (HW x HW) formulation and to mmcv's
 NonLocal2d, identity at init, never allocates the affinity matrix, argument checks."""
 
 import pytest
@@ -10,23 +10,16 @@ from _guards import NoLargeTensors
 
 import mmattn.models.layers.softmax_attention as softmax_attention_module
 from mmattn.models.layers import FusedNonLocal2d, build_attention
+from mmattn.testing import randomise as randomise_weights
 from mmattn.testing.plain import plain_non_local as reference_non_local
 
 MODES = ['embedded_gaussian', 'gaussian', 'dot_product']
 
 
 def randomise(m, seed=0):
-    """Random values for every parameter and BN statistic (incl. the zero-initialised norm
-    scale), so the checks exercise the whole block; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.copy_(0.1 * torch.randn(mod.running_mean.shape, generator=g))
-                mod.running_var.copy_(0.5 + torch.rand(mod.running_var.shape, generator=g))
-    return m.eval()
+    """Every parameter and BN statistic random (the zero-initialised norm scale included), so
+    the checks exercise the whole block; eval mode."""
+    return randomise_weights(m, seed, scale=0.3).eval()
 
 
 
@@ -37,7 +30,6 @@ def test_paper_defaults():
                                                                  'embedded_gaussian')
     assert m.inter_channels == 8 and isinstance(m.conv_out.norm, nn.BatchNorm2d)
     assert type(build_attention('nonlocal', 16)) is FusedNonLocal2d
-    assert FusedNonLocal2d._abbr_ == NonLocal2d._abbr_  # mmcv plugin names/checkpoints carry
 
 
 @pytest.mark.parametrize('mode', MODES)
@@ -138,9 +130,9 @@ def test_gaussian_mode_under_autocast():
 @pytest.mark.parametrize('kwargs, exc, name', [
     (dict(in_channels=0), ValueError, 'in_channels'),
     (dict(in_channels=16.0), TypeError, 'in_channels'),
-    (dict(reduction=0), ValueError, 'reduction'),
-    (dict(reduction=2.5), TypeError, 'reduction'),
-    (dict(in_channels=4, reduction=8), ValueError, 'in_channels=4'),
+    (dict(rd_ratio=0), ValueError, 'rd_ratio'),
+    (dict(rd_ratio=0.4), ValueError, 'rd_ratio must be 1/r for an integer r'),
+    (dict(in_channels=4, rd_ratio=1 / 8), ValueError, 'in_channels=4'),
     (dict(mode='concatenation'), ValueError, 'mode'),
     (dict(mode='gauss'), ValueError, 'mode'),
     (dict(use_scale=1), TypeError, 'use_scale'),

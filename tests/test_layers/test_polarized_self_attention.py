@@ -1,4 +1,4 @@
-"""Numerical proofs for PolarizedSelfAttention (SPEC 2.1).
+"""Numerical proofs for PolarizedSelfAttention.
 
 The module computes a reassociated forward; here every variant is compared with a plain
 formulation written step by step the way the released code / the paper's equations do it
@@ -12,6 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmattn.models.layers import PolarizedSelfAttention, build_attention
+from mmattn.testing import randomise
 from mmattn.testing.plain import plain_psa
 from mmattn.registry import MODELS
 
@@ -48,11 +49,7 @@ def released_state_dict(c, mode, seed=0, scale=0.5):
 
 def randomised(c, mode, formulation, seed=0):
     module = PolarizedSelfAttention(c, mode=mode, formulation=formulation).double()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
-    return module
+    return randomise(module, seed, scale=0.5)
 
 
 def rand_x(shape, seed=1, dtype=torch.float64):
@@ -77,13 +74,10 @@ def test_matches_plain_formulation(mode, formulation, shape):
 @pytest.mark.parametrize('c', [16, 18])
 @pytest.mark.parametrize('mode', ['parallel', 'sequential'])
 def test_loads_released_state_dict(mode, c):
+    # a released block's keys (those after ``...deattn.`` in the checkpoint), loaded strictly
     sd = released_state_dict(c, mode)
-    # as stored in a released checkpoint: strip the block prefix, load strictly
-    prefix = 'module.backbone.stage2.0.branches.0.0.deattn.'
-    ckpt = {prefix + k: v for k, v in sd.items()}
-    stripped = {k[len(prefix):]: v for k, v in ckpt.items() if k.startswith(prefix)}
     module = PolarizedSelfAttention(c, mode=mode).double()
-    module.load_state_dict(stripped, strict=True)
+    module.load_state_dict(sd, strict=True)
     # and state_dict() gives back the same keys and shapes, so converters round-trip
     own = module.state_dict()
     assert {k: tuple(v.shape) for k, v in own.items()} == {

@@ -1,4 +1,4 @@
-"""SPDConv (SPEC 2.12): the space-to-depth order of the paper's code, losslessness, equality
+"""SPDConv: the space-to-depth order of the paper's code, losslessness, equality
 with a written-out conv + BN + SiLU, odd maps, errors."""
 import pytest
 import torch
@@ -6,12 +6,13 @@ import torch.nn.functional as F
 from mmcv.cnn import build_plugin_layer
 
 from mmattn.models.layers import SPDConv, build_attention
-from mmattn.models.layers.spd_conv import depth_to_space, space_to_depth
+from mmattn.models.layers.spd_conv import space_to_depth
 from mmattn.registry import MODELS
+from mmattn.testing import randomise
 
 
 def _explicit_s2d_2(x):
-    # SPEC 2.12, the paper's code, written out
+    # the paper's code, written out
     return torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]],
                      dim=1)
 
@@ -25,13 +26,17 @@ def _looped_s2d(x, s):
     return torch.cat(blocks, dim=1)
 
 
-def _randomise_bn(bn):
-    torch.manual_seed(5)
-    with torch.no_grad():
-        bn.running_mean.copy_(torch.randn_like(bn.running_mean))
-        bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
-        bn.weight.copy_(torch.randn_like(bn.weight))
-        bn.bias.copy_(torch.randn_like(bn.bias))
+def depth_to_space(x, scale):
+    """The inverse of ``space_to_depth``: block ``j * scale + i`` of the channels back to the
+    sub-grid ``x[..., i::scale, j::scale]``, one slice assignment per block."""
+    n, cs, h, w = x.shape
+    c = cs // (scale * scale)
+    out = x.new_empty(n, c, h * scale, w * scale)
+    for j in range(scale):
+        for i in range(scale):
+            block = j * scale + i
+            out[..., i::scale, j::scale] = x[:, block * c:(block + 1) * c]
+    return out
 
 
 def test_space_to_depth_scale2_matches_explicit_slicing():
@@ -53,7 +58,7 @@ def test_space_to_depth_scale3_matches_loops():
 
 @pytest.mark.parametrize('scale', [1, 2, 3, 4])
 @pytest.mark.parametrize('channels_last', [False, True])
-def test_depth_to_space_inverts_exactly(scale, channels_last):
+def test_space_to_depth_is_lossless(scale, channels_last):
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -71,15 +76,13 @@ def test_space_to_depth_errors():
         space_to_depth(torch.randn(2, 4, 4), 2)
     with pytest.raises(ValueError, match='scale'):
         space_to_depth(torch.randn(1, 2, 4, 4), 0)
-    with pytest.raises(ValueError, match=r'divisible by scale\*\*2=4'):
-        depth_to_space(torch.randn(1, 6, 2, 2), 2)
 
 
 @pytest.mark.parametrize('scale,k,out', [(2, 3, 12), (2, 1, 5), (3, 3, 8), (2, 5, None)])
 def test_module_equals_written_out_conv_bn_silu(scale, k, out):
     torch.manual_seed(0)
     module = SPDConv(4, out_channels=out, scale=scale, kernel_size=k).double().eval()
-    _randomise_bn(module.conv.bn)
+    randomise(module.conv.bn, seed=5)
     x = torch.randn(2, 4, 6 * scale // 2 * 2, 4 * scale // 2 * 2, dtype=torch.float64)
     conv, bn = module.conv.conv, module.conv.bn
     assert conv.bias is None and conv.stride == (1, 1)
@@ -120,7 +123,7 @@ def test_odd_map_raises_without_pad_odd():
 def test_pad_odd_equals_zero_padding_by_hand(scale, hw):
     torch.manual_seed(0)
     module = SPDConv(3, 4, scale=scale, pad_odd=True).double().eval()
-    _randomise_bn(module.conv.bn)
+    randomise(module.conv.bn, seed=5)
     h, w = hw
     x = torch.randn(2, 3, h, w, dtype=torch.float64)
     hp, wp = -(-h // scale) * scale, -(-w // scale) * scale

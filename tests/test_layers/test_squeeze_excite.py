@@ -1,4 +1,4 @@
-"""SqueezeExcitation (SPEC 2.2): equality with the written-out formula, closed forms, errors."""
+"""SqueezeExcitation: equality with the written-out formula, closed forms, errors."""
 import pytest
 import torch
 
@@ -20,13 +20,14 @@ def _reference(x, w1, b1, w2, b2):
     return x * s[:, :, None, None]                           # excite
 
 
-@pytest.mark.parametrize('c,ratio,hw', [(32, 16, (5, 7)), (24, 4, (3, 1)), (16, 2.5, (1, 1))])
-def test_matches_written_out_formula_float64(c, ratio, hw):
-    module = _randomise(SqueezeExcitation(c, ratio=ratio)).double().eval()
+@pytest.mark.parametrize('c,rd_ratio,hw', [(32, 1 / 16, (5, 7)), (24, 1 / 4, (3, 1)),
+                                           (16, 0.4, (1, 1))])
+def test_matches_written_out_formula_float64(c, rd_ratio, hw):
+    module = _randomise(SqueezeExcitation(c, rd_ratio=rd_ratio)).double().eval()
     x = torch.randn(2, c, *hw, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     expected = _reference(x, module.fc1.weight[:, :, 0, 0], module.fc1.bias,
                           module.fc2.weight[:, :, 0, 0], module.fc2.bias)
-    assert module.fc1.out_channels == int(c / ratio)
+    assert module.fc1.out_channels == int(c * rd_ratio)
     torch.testing.assert_close(module(x), expected, rtol=1e-10, atol=1e-10)
 
 
@@ -49,11 +50,14 @@ def test_init_cfg_replaces_default_init():
 def test_hidden_width_and_divisor():
     assert SqueezeExcitation(64).fc1.out_channels == 4                       # int(64 / 16)
     assert SqueezeExcitation(64, channels_divisor=8).fc1.out_channels == 8   # rounded up to 8
-    assert SqueezeExcitation(96, ratio=4, channels_divisor=8).fc1.out_channels == 24
+    assert SqueezeExcitation(96, rd_ratio=1 / 4, channels_divisor=8).fc1.out_channels == 24
+    # the rounding rule: 190 / 16 = 11.875 -> nearest multiple 8 is > 10% low -> 16
+    assert SqueezeExcitation(190, channels_divisor=8).fc1.out_channels == 16
+    assert SqueezeExcitation(96, rd_ratio=1 / 12).fc1.out_channels == 8  # 96 * (1/12) floored
 
 
 def test_gate_and_activation_configurable():
-    module = _randomise(SqueezeExcitation(16, ratio=4, act_cfg='gelu',
+    module = _randomise(SqueezeExcitation(16, rd_ratio=1 / 4, act_cfg='gelu',
                                           gate_cfg=dict(type='HSigmoid'))).double()
     x = torch.randn(2, 16, 3, 4, dtype=torch.float64)
     z = x.mean(dim=(2, 3))
@@ -64,9 +68,11 @@ def test_gate_and_activation_configurable():
 
 
 @pytest.mark.parametrize('kwargs,exc,words', [
-    (dict(in_channels=8), ValueError, ['in_channels', 'ratio']),        # 8 / 16 -> 0 channels
-    (dict(in_channels=32, ratio=0), ValueError, ['ratio']),
-    (dict(in_channels=32, ratio='4'), TypeError, ['ratio']),
+    (dict(in_channels=8), ValueError, ['in_channels', 'rd_ratio']),     # 8 / 16 -> 0 channels
+    (dict(in_channels=32, rd_ratio=0), ValueError, ['rd_ratio']),
+    (dict(in_channels=32, rd_ratio='4'), TypeError, ['rd_ratio']),
+    (dict(in_channels=32, rd_ratio=16), ValueError, ['rd_ratio', 'did you mean 1/16']),
+    (dict(in_channels=32, rd_ratio=0.25, ratio=4), TypeError, ['rd_ratio', 'ratio=4']),
     (dict(in_channels=0), ValueError, ['in_channels']),
     (dict(in_channels=32.0), TypeError, ['in_channels']),
     (dict(in_channels=32, channels_divisor=0), ValueError, ['channels_divisor']),

@@ -1,4 +1,4 @@
-"""TripletAttention (SPEC 2.8): equality with the three branches written out by axis (no
+"""TripletAttention: equality with the three branches written out by axis (no
 permutes), closed forms, gradcheck through the rotations, the released initialisation, errors."""
 import pytest
 import torch

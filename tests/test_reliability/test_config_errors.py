@@ -130,7 +130,7 @@ def test_train_py_names_missing_pretrained_weights_in_one_line(tmp_path):
         [sys.executable, str(ROOT / 'tools/train.py'), str(SEG_DEMO), '--work-dir',
          str(tmp_path / 'work'), '--no-data-check', '--cfg-options', f'model.pretrained={url}'],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, TORCH_HOME=str(tmp_path / "torch_home")))
+        env=dict(os.environ, TORCH_HOME=str(tmp_path / 'torch_home')))
     assert proc.returncode == 1
     assert 'Traceback' not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]

@@ -3,6 +3,8 @@ the plain formulations of mmattn.testing.plain against the modules (float64), th
 a --quick CLI run (markdown, PNG, JSON) and a whole-model run on a tiny config pair."""
 import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -91,7 +93,7 @@ PLAIN_CASES = [
     ('nonlocal', 16, {}), ('nonlocal', 16, dict(sub_sample=True, use_scale=True)),
     ('nonlocal', 16, dict(mode='gaussian', sub_sample=True)),
     ('nonlocal', 16, dict(mode='dot_product')),
-    ('danet_pam', 16, {}), ('danet_pam', 16, dict(reduction=2)), ('danet', 16, {}),
+    ('danet_pam', 16, {}), ('danet_pam', 16, dict(rd_ratio=1 / 2)), ('danet', 16, {}),
     ('acmix', 16, {}), ('acmix', 8, dict(kernel_att=3, head=2, stride=2)),
     ('acmix', 8, dict(kernel_att=5, head=4, dilation=2, out_channels=12)),
 ]
@@ -187,6 +189,7 @@ def test_whole_model_against_baseline(tmp_path):
     """A tiny config pair (demo HRNet-W16 + PSA_p and the same without plugins): inference and
     training iteration timed, FLOPs overhead counted."""
     from mmattn.benchmark.models import config_baseline, run_models
+    from mmattn.benchmark.report import model_table
     psa = tmp_path / 'tiny-psa-p_pose.py'
     base = tmp_path / 'tiny_pose.py'
     psa.write_text(f"_base_ = '{DEMO_POSE}'\n")
@@ -199,3 +202,79 @@ def test_whole_model_against_baseline(tmp_path):
     assert result.input_hw == (128, 96)
     assert 0 < result.flops_overhead('executed') < result.flops_overhead('released')
     assert result.attn_modules > 0
+    # peak memory of both phases: training holds activations and gradients, and the
+    # attention modules add to the baseline's
+    for phase in ('infer', 'train'):
+        assert 0 < result.peak[phase]['baseline'] < result.peak[phase]['model']
+    assert result.peak['train']['model'] > result.peak['infer']['model']
+    table = model_table([result])
+    assert table.count('|') == table.splitlines()[0].count('|') * 3  # header, rule, one row
+
+
+# ----------------------------------------------------------------------------- peers
+PEER_CASES = [('se', 32, {}), ('eca', 32, dict(kernel_size=5)), ('cbam', 32, {}),
+              ('gc', 32, {}), ('nonlocal', 16, {}), ('coord', 32, {})]
+
+
+@pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
+@pytest.mark.parametrize('name,c,kwargs', PEER_CASES, ids=[n for n, _, _ in PEER_CASES])
+def test_peers_compute_the_module_float64(name, c, kwargs, train):
+    """Every peer built here (mmcv always; timm where installed) gives the module's output
+    and input gradient with the module's weights, in eval and train mode."""
+    from mmattn.benchmark.peers import PEERS, build_peers
+    module = randomise(mmattn.build_attention(name, c, **kwargs), scale=0.3)
+    module = module.double().train(train)
+    peers, skipped = build_peers(name, module)
+    assert len(peers) + len(skipped) == len(PEERS[name])
+    if not any(label.startswith('mmcv') for label in peers):
+        pytest.importorskip('timm')
+    assert peers, skipped
+    assert all('timm' in note for note in skipped), skipped  # only a missing/old timm
+    x = torch.randn(2, c, 5, 7, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, c, 5, 7, dtype=torch.float64)
+    y = module(x)
+    want, = torch.autograd.grad(y, x, g)
+    for label, peer in peers.items():
+        assert peer.training == train and next(peer.parameters()).dtype == torch.float64
+        out = peer(x)
+        torch.testing.assert_close(out, y, rtol=1e-10, atol=1e-10, msg=label)
+        got, = torch.autograd.grad(out, x, g)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=label)
+
+
+def test_peer_mapping_refuses_an_unexpected_layout():
+    from mmattn.benchmark.peers import PeerUnavailable, build_peers
+    module = mmattn.build_attention('gc', 32, fusion_types=('channel_mul', ))
+    peers, skipped = build_peers('gc', module)
+    assert not peers and len(skipped) == 2 and all('channel_add' in s for s in skipped)
+    with pytest.raises(PeerUnavailable, match='unexpected layout'):
+        from mmattn.benchmark.peers import _load
+        _load(torch.nn.Conv2d(2, 2, 1), {'weight': torch.zeros(2, 2, 1, 1)},
+              {'weight': 'weight'})  # the bias is missing: a strict load fails
+
+
+def test_run_case_with_peers_and_table():
+    from mmattn.benchmark.peers import AA_CONTROL
+    from mmattn.benchmark.report import peer_flags, peer_table
+    result = run_case(Case('gc', FeatureShape(32, 6, 5), 2), reps=3, budget_s=0.2,
+                      peers=True, log=lambda s: None)
+    assert result.error == ''
+    assert 'mmcv ContextBlock' in result.peers and result.peers[-1] == AA_CONTROL
+    for variant in result.peers:
+        for phase in ('fwd', 'fwdbwd'):
+            assert result.times[phase][variant] > 0 and result.peak[phase][variant] > 0
+        assert result.max_rel_err[variant] < 1e-6
+    assert result.max_rel_err[AA_CONTROL] == 0
+    table = peer_table([result])
+    assert '| gc | mmcv ContextBlock | 32x6x5 | 2 | float32 |' in table
+    assert f'| gc | {AA_CONTROL} |' in table
+    # a ratio below 0.95 is bold and listed among the flags
+    result.times['fwd'][AA_CONTROL] = 0.5 * result.times['fwd']['module']
+    assert '**0.50' in peer_table([result])
+    assert any(f'{AA_CONTROL}' in f and 'time fwd 0.50' in f for f in peer_flags([result]))
+
+
+def test_mmattn_never_imports_timm():
+    code = ('import sys, mmattn, mmattn.benchmark, mmattn.benchmark.peers, '
+            'mmattn.benchmark.cli; assert "timm" not in sys.modules, "timm imported"')
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=str(ROOT))

@@ -3,13 +3,29 @@ from typing import Optional, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
 from .helpers import (build_act_arg, build_norm_arg, channel_max, check_bool, check_input,
-                      check_int, check_odd_kernel, global_max, reduced_channels)
+                      check_int, check_odd_kernel, global_max, rd_ratio_arg, reduced_channels)
 
-__all__ = ['CBAM']
+__all__ = ['CBAM', 'spatial_gate']
+
+
+def spatial_gate(x: torch.Tensor, conv: nn.Module, norm: nn.Module,
+                 keep_mask: bool = False) -> torch.Tensor:
+    """The spatial gate of CBAM and of each branch of Triplet attention (its "Z-pool" gate):
+    ``sigmoid(norm(conv([max_c(x), mean_c(x)])))``, (N, 1, H, W), the maps over dim 1 stacked
+    in the released order ``[max, mean]``.
+
+    ``keep_mask``: the max keeps a boolean mask of the maxima for its backward instead of
+    ``x`` (:func:`~mmattn.models.layers.helpers.channel_max`); that pays where ``x`` is an
+    intermediate autograd could otherwise free (CBAM's channel-gated map), not where it stays
+    alive anyway (Triplet's branches read the input).
+    """
+    mx = channel_max(x) if keep_mask else x.amax(dim=1, keepdim=True)
+    return torch.sigmoid(norm(conv(torch.cat([mx, x.mean(dim=1, keepdim=True)], dim=1))))
 
 
 @MODELS.register_module()
@@ -44,8 +60,9 @@ class CBAM(BaseModule):
 
     Args:
         in_channels (int): Channels ``C`` of the input (and output).
-        ratio (float): Reduction ratio ``r`` of the MLP, hidden width ``int(C / r)``.
-            Default: 16.
+        rd_ratio (float): Hidden width of the MLP as a fraction of ``C`` (the paper's
+            ``1 / r``), ``int(C * rd_ratio)``. Default: 1/16. ``ratio=r`` (the divisor) is
+            its deprecated spelling.
         kernel_size (int): Odd size of the spatial conv. Default: 7.
         no_spatial (bool): Channel gate only. Default: False.
         act_cfg (dict | str | None): Activation inside the MLP. Default: ReLU.
@@ -70,22 +87,23 @@ class CBAM(BaseModule):
 
     def __init__(self,
                  in_channels: int,
-                 ratio: float = 16,
+                 rd_ratio: Optional[float] = None,
                  kernel_size: int = 7,
                  no_spatial: bool = False,
                  act_cfg: Union[dict, str, None] = dict(type='ReLU'),
                  norm_cfg: dict = dict(type='BN', momentum=0.01, eps=1e-5),
-                 init_cfg: Optional[Union[dict, list]] = None):
+                 init_cfg: Optional[Union[dict, list]] = None,
+                 ratio: Optional[float] = None):
         super().__init__(init_cfg=init_cfg)
         owner = type(self).__name__
         check_int('in_channels', in_channels, 1, owner)
         check_odd_kernel('kernel_size', kernel_size, owner)  # 'same' padding
         check_bool('no_spatial', no_spatial, owner)
         self.in_channels = in_channels
-        self.ratio = ratio
+        self.rd_ratio = rd_ratio_arg(owner, rd_ratio, 1 / 16, 'ratio', ratio)
         self.kernel_size = kernel_size
         self.no_spatial = no_spatial
-        self.hidden_channels = reduced_channels(in_channels, ratio, owner)
+        self.hidden_channels = reduced_channels(in_channels, self.rd_ratio, owner)
 
         self.fc1 = nn.Conv2d(in_channels, self.hidden_channels, 1, bias=True)
         self.act = build_act_arg(owner, 'act_cfg', act_cfg)
@@ -110,19 +128,21 @@ class CBAM(BaseModule):
             if getattr(self.spatial_norm, 'bias', None) is not None:
                 nn.init.zeros_(self.spatial_norm.bias)
 
-    def _mlp(self, v: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(v)))
+    def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The channel gate ``a_c`` (N, C, 1, 1) of ``x``."""
+        n = x.shape[0]
+        # the shared MLP (1x1 convs of a 1x1 map: linear layers) on both pooled vectors at once
+        pooled = torch.cat([x.mean(dim=(2, 3)), global_max(x).flatten(1)])
+        z = self.act(F.linear(pooled, self.fc1.weight.flatten(1), self.fc1.bias))
+        z = F.linear(z, self.fc2.weight.flatten(1), self.fc2.bias)
+        return torch.sigmoid(z[:n] + z[n:])[:, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.in_channels)
-        avg = x.mean(dim=(2, 3), keepdim=True)
-        mx = global_max(x)
-        x = x * torch.sigmoid(self._mlp(avg) + self._mlp(mx))
+        x = x * self.channel_gate(x)
         if self.no_spatial:
             return x
-        # order [max, mean] as released, so released weights load unchanged
-        pooled = torch.cat([channel_max(x), x.mean(dim=1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.spatial_norm(self.spatial_conv(pooled)))
+        return x * spatial_gate(x, self.spatial_conv, self.spatial_norm, keep_mask=True)
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> dict:
@@ -130,12 +150,8 @@ class CBAM(BaseModule):
         no_spatial, channel=(N, C))``. The spatial gate is the one computed on the
         channel-gated ``x * channel``, so ``forward(x) == x * channel * spatial`` (broadcast)."""
         check_input(self, x, self.in_channels)
-        avg = x.mean(dim=(2, 3), keepdim=True)
-        mx = global_max(x)
-        a_c = torch.sigmoid(self._mlp(avg) + self._mlp(mx))
+        a_c = self.channel_gate(x)
         if self.no_spatial:
             return dict(spatial=None, channel=a_c.flatten(1))
-        y = x * a_c
-        pooled = torch.cat([channel_max(y), y.mean(dim=1, keepdim=True)], dim=1)
-        a_s = torch.sigmoid(self.spatial_norm(self.spatial_conv(pooled)))
+        a_s = spatial_gate(x * a_c, self.spatial_conv, self.spatial_norm)
         return dict(spatial=a_s[:, 0], channel=a_c.flatten(1))

@@ -8,7 +8,7 @@ from mmengine.model import BaseModule
 from mmattn.registry import MODELS
 from mmattn.utils.torch_compat import autocast_enabled
 
-from .helpers import check_input, check_int, reduced_channels
+from .helpers import check_input, check_int, rd_ratio_arg, reduced_channels
 from .softmax_attention import softmax_attention
 
 __all__ = ['DANetPositionAttention', 'DANetChannelAttention', 'DANetDualAttention']
@@ -21,8 +21,8 @@ class DANetPositionAttention(BaseModule):
     Fu, Liu, Tian, Li, Bao, Fang, Lu. "Dual Attention Network for Scene Segmentation",
     CVPR 2019, arXiv:1809.02983 (released code: junfu1115/DANet, ``PAM_Module``).
 
-    With 1x1 convs (with bias) ``B = query_conv(x)``, ``D = key_conv(x)`` (``C -> C/reduction``)
-    and ``V = value_conv(x)`` (``C -> C``)::
+    With 1x1 convs (with bias) ``B = query_conv(x)``, ``D = key_conv(x)`` (``C -> C *
+    rd_ratio``, the released ``C // 8``) and ``V = value_conv(x)`` (``C -> C``)::
 
         S = softmax_j(B_i . D_j)          # (HW x HW), rows sum to 1; no 1/sqrt(d) scaling
         out_i = gamma * sum_j S_ij V_j + x_i
@@ -36,7 +36,8 @@ class DANetPositionAttention(BaseModule):
 
     Args:
         in_channels (int): Channels ``C`` of the input (and output).
-        reduction (int): Channel reduction of the query/key convs. Default: 8.
+        rd_ratio (float): Width of the query/key convs as a fraction of ``C`` (floored).
+            Default: 1/8. ``reduction=r`` (the divisor) is its deprecated spelling.
         init_cfg (dict | list[dict], optional): mmengine initialisation config; when given it
             replaces the default initialisation. Default: None.
 
@@ -54,15 +55,15 @@ class DANetPositionAttention(BaseModule):
 
     def __init__(self,
                  in_channels: int,
-                 reduction: int = 8,
-                 init_cfg: Optional[Union[dict, list]] = None):
+                 rd_ratio: Optional[float] = None,
+                 init_cfg: Optional[Union[dict, list]] = None,
+                 reduction: Optional[float] = None):
         super().__init__(init_cfg=init_cfg)
         owner = type(self).__name__
         check_int('in_channels', in_channels, 1, owner)
-        check_int('reduction', reduction, 1, owner)
         self.in_channels = in_channels
-        self.reduction = reduction
-        self.key_channels = reduced_channels(in_channels, reduction, owner)  # C // reduction
+        self.rd_ratio = rd_ratio_arg(owner, rd_ratio, 1 / 8, 'reduction', reduction)
+        self.key_channels = reduced_channels(in_channels, self.rd_ratio, owner)
         self.query_conv = nn.Conv2d(in_channels, self.key_channels, 1)
         self.key_conv = nn.Conv2d(in_channels, self.key_channels, 1)
         self.value_conv = nn.Conv2d(in_channels, in_channels, 1)
@@ -178,7 +179,8 @@ class DANetDualAttention(BaseModule):
 
     Args:
         in_channels (int): Channels ``C`` of the input (and output).
-        reduction (int): Query/key reduction of the position attention. Default: 8.
+        rd_ratio (float): Query/key width of the position attention as a fraction of ``C``.
+            Default: 1/8. ``reduction=r`` (the divisor) is its deprecated spelling.
         init_cfg (dict | list[dict], optional): mmengine initialisation config; when given it
             replaces the default initialisation. Default: None.
 
@@ -198,16 +200,16 @@ class DANetDualAttention(BaseModule):
 
     def __init__(self,
                  in_channels: int,
-                 reduction: int = 8,
-                 init_cfg: Optional[Union[dict, list]] = None):
+                 rd_ratio: Optional[float] = None,
+                 init_cfg: Optional[Union[dict, list]] = None,
+                 reduction: Optional[float] = None):
         super().__init__(init_cfg=init_cfg)
         owner = type(self).__name__
         check_int('in_channels', in_channels, 1, owner)
-        check_int('reduction', reduction, 1, owner)
-        reduced_channels(in_channels, reduction, owner)
+        self.rd_ratio = rd_ratio_arg(owner, rd_ratio, 1 / 8, 'reduction', reduction)
+        reduced_channels(in_channels, self.rd_ratio, owner)  # raises naming this class
         self.in_channels = in_channels
-        self.reduction = reduction
-        self.pam = DANetPositionAttention(in_channels, reduction=reduction)
+        self.pam = DANetPositionAttention(in_channels, rd_ratio=self.rd_ratio)
         self.cam = DANetChannelAttention(in_channels)
         self.init_weights()
 

@@ -1,4 +1,4 @@
-"""Deformable convolution v2 from ``mmcv.ops`` with a plugin signature (SPEC section 2.13)."""
+"""Deformable convolution v2 from ``mmcv.ops`` with a plugin signature (Zhu et al. 2019)."""
 import copy
 from typing import Optional, Tuple, Union
 

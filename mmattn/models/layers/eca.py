@@ -93,19 +93,20 @@ class EfficientChannelAttention(BaseModule):
             return
         self.conv.reset_parameters()  # PyTorch default, as in the released models
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(self, x, self.in_channels)
+    def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate (N, C, 1, 1) of :meth:`forward` (``forward(x) == x * gate``)."""
         # channels as a 1-D sequence: the released transposed view (N, 1, C) of the pooled
         # (N, C, 1) map, on which Conv1d runs faster than on a reshaped copy
         y = x.mean(dim=(2, 3), keepdim=True).squeeze(-1)
         y = self.conv(y.transpose(-1, -2)).transpose(-1, -2).unsqueeze(-1)
-        return x * torch.sigmoid(y)
+        return torch.sigmoid(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.in_channels)
+        return x * self.channel_gate(x)
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> dict:
-        """The channel gate of :meth:`forward` as ``dict(spatial=None, channel=(N, C))``;
-        ``forward(x) == x * channel[:, :, None, None]``."""
+        """The channel gate of :meth:`channel_gate` as ``dict(spatial=None, channel=(N, C))``."""
         check_input(self, x, self.in_channels)
-        n, c = x.shape[:2]
-        y = self.conv(x.mean(dim=(2, 3)).reshape(n, 1, c))
-        return dict(spatial=None, channel=torch.sigmoid(y).reshape(n, c))
+        return dict(spatial=None, channel=self.channel_gate(x).flatten(1))

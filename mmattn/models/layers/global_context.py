@@ -8,7 +8,7 @@ from mmcv.cnn import ContextBlock
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from .helpers import check_choice, check_input, check_int, check_positive
+from .helpers import check_choice, check_input, check_int, rd_ratio_arg
 
 __all__ = ['GlobalContextBlock']
 
@@ -27,7 +27,7 @@ class GlobalContextBlock(ContextBlock, BaseModule):
 
         w = softmax over the HW positions of conv_mask(x)         # 1x1 conv C -> 1, with bias
         ctx = sum_j w_j x_j                                        # (N, C, 1, 1)
-        t(ctx) = conv(relu(LayerNorm([C*r, 1, 1])(conv(ctx))))     # C -> C*r -> C, with biases
+        t(ctx) = conv(relu(LayerNorm([P, 1, 1])(conv(ctx))))       # C -> P -> C, with biases
         out = x * sigmoid(t_mul(ctx)) + t_add(ctx)                 # each term if fused
 
     With the default ``fusion_types=('channel_add',)`` the last conv of the transform is
@@ -36,7 +36,7 @@ class GlobalContextBlock(ContextBlock, BaseModule):
     What this subclass adds to mmcv's :class:`~mmcv.cnn.ContextBlock` (whose weight layout,
     state dict keys and ``_abbr_`` it keeps, so its checkpoints load unchanged):
 
-    - the paper's default ``ratio=1/16`` (mmcv requires it);
+    - the paper's default ``rd_ratio=1/16`` (mmcv requires its ``ratio``);
     - ``ValueError``/``TypeError`` naming the argument instead of ``assert`` (a bare string for
       ``fusion_types``, an unknown pooling or fusion, a ratio leaving no bottleneck channel),
       input checks, mmengine ``init_cfg``;
@@ -46,8 +46,9 @@ class GlobalContextBlock(ContextBlock, BaseModule):
 
     Args:
         in_channels (int): Channels ``C`` of the input (and output).
-        ratio (float): Bottleneck width as a fraction of ``C`` (``planes = int(C * ratio)``), in
-            ``(0, 1]``. Default: 1/16.
+        rd_ratio (float): Bottleneck width as a fraction of ``C``, ``P = planes = int(C *
+            rd_ratio)``, in ``(0, 1]``. Default: 1/16. mmcv's name ``ratio`` (the same
+            fraction) is its deprecated spelling; ``self.ratio`` keeps mmcv's attribute.
         pooling_type (str): ``'att'`` (attention pooling, the paper's) or ``'avg'`` (global
             average pooling). Default: 'att'.
         fusion_types (Sequence[str]): Non-empty subset of ``('channel_add', 'channel_mul')``.
@@ -68,22 +69,19 @@ class GlobalContextBlock(ContextBlock, BaseModule):
 
     def __init__(self,
                  in_channels: int,
-                 ratio: float = 1. / 16,
+                 rd_ratio: Optional[float] = None,
                  pooling_type: str = 'att',
                  fusion_types: Sequence[str] = ('channel_add', ),
-                 init_cfg: Optional[Union[dict, list]] = None):
+                 init_cfg: Optional[Union[dict, list]] = None,
+                 ratio: Optional[float] = None):
         owner = type(self).__name__
         check_int('in_channels', in_channels, 1, owner)
-        check_positive('ratio', ratio, owner)
-        if ratio > 1:
-            raise ValueError(f'{owner}: ratio is the bottleneck width as a fraction of '
-                             f'in_channels and must be in (0, 1], got {ratio} (the paper uses '
-                             f'1/16; did you mean 1/{ratio}?)')
-        if int(in_channels * ratio) < 1:
+        rd_ratio = rd_ratio_arg(owner, rd_ratio, 1 / 16, 'ratio', ratio, old_divides=False)
+        if int(in_channels * rd_ratio) < 1:  # mmcv's rounding of planes
             raise ValueError(
-                f'{owner}: in_channels={in_channels} is too small for ratio={ratio} (gives '
-                f'int({in_channels} * {ratio}) = 0 bottleneck channels); use in_channels >= '
-                f'{math.ceil(1 / ratio)} or a larger ratio')
+                f'{owner}: in_channels={in_channels} is too small for rd_ratio={rd_ratio:g} '
+                f'(gives int({in_channels} * {rd_ratio:g}) = 0 bottleneck channels); use '
+                f'in_channels >= {math.ceil(1 / rd_ratio)} or a larger rd_ratio')
         check_choice('pooling_type', pooling_type, ('att', 'avg'), owner)
         if not isinstance(fusion_types, (list, tuple)):
             raise TypeError(f'{owner}: fusion_types must be a list or tuple of names from '
@@ -96,8 +94,9 @@ class GlobalContextBlock(ContextBlock, BaseModule):
             check_choice('fusion_types', fusion, _FUSIONS, owner)
         if len(set(fusion_types)) != len(fusion_types):
             raise ValueError(f'{owner}: fusion_types has a repeated entry: {fusion_types!r}')
-        super().__init__(in_channels, ratio, pooling_type=pooling_type,
+        super().__init__(in_channels, rd_ratio, pooling_type=pooling_type,
                          fusion_types=tuple(fusion_types))
+        self.rd_ratio = rd_ratio
         # ContextBlock's super().__init__() reached BaseModule without init_cfg
         self.init_cfg = copy.deepcopy(init_cfg)
         self.init_weights()

@@ -1,5 +1,7 @@
 """Helpers shared by every attention module: channel rounding, activation by name, and the
 argument/input checks that turn user mistakes into messages naming what was expected."""
+import math
+import warnings
 from typing import Optional, Sequence, Union
 
 import torch
@@ -171,18 +173,52 @@ def check_divisible(name: str, value: int, divisor_name: str, divisor: int, owne
         raise ValueError(f'{prefix}{name}={value} must be divisible by {divisor_name}={divisor}')
 
 
-def reduced_channels(in_channels: int, ratio: float, owner: str, min_channels: int = 1,
+def rd_ratio_arg(owner: str, rd_ratio: Optional[float], default: float,
+                 old_name: Optional[str] = None, old_value=None,
+                 old_divides: bool = True) -> float:
+    """The bottleneck ratio of a module, in the zoo's one vocabulary: ``rd_ratio``, the
+    reduced width as a fraction of ``in_channels`` (timm's name and meaning, e.g. 1/16).
+
+    ``old_name=old_value`` is the module's deprecated spelling (``ratio`` or ``reduction``,
+    which divide ``in_channels`` where ``old_divides``, or GC's ``ratio``, already a
+    fraction): it still works, converted, with a ``DeprecationWarning``. Raises naming the
+    argument unless the ratio is a number in (0, 1].
+    """
+    if old_value is not None:
+        if rd_ratio is not None:
+            raise TypeError(f'{owner}: got rd_ratio={rd_ratio!r} and its deprecated spelling '
+                            f'{old_name}={old_value!r}; pass rd_ratio only')
+        check_positive(old_name, old_value, owner)
+        rd_ratio = 1.0 / old_value if old_divides else old_value
+        hint = f'1/{old_value:g}' if old_divides else f'{old_value!r}'
+        warnings.warn(
+            f'{owner}: {old_name}={old_value!r} is deprecated, use rd_ratio={hint} (the '
+            f'reduced width as a fraction of in_channels, the same for every mmattn module)',
+            DeprecationWarning, stacklevel=3)
+    if rd_ratio is None:
+        return default
+    check_positive('rd_ratio', rd_ratio, owner)
+    if rd_ratio > 1:
+        raise ValueError(f'{owner}: rd_ratio is the reduced width as a fraction of '
+                         f'in_channels and must be in (0, 1], got {rd_ratio} (did you mean '
+                         f'1/{rd_ratio:g}?)')
+    return rd_ratio
+
+
+def reduced_channels(in_channels: int, rd_ratio: float, owner: str, min_channels: int = 1,
                      divisor: Optional[int] = None) -> int:
-    """Channels of a bottleneck ``in_channels / ratio``; raise when that leaves fewer than
-    ``min_channels`` (e.g. SE with ratio 16 on 8 channels) instead of building a 0-wide conv."""
-    check_positive('ratio', ratio, owner)
-    hidden = in_channels / ratio
-    hidden = make_divisible(hidden, divisor) if divisor else int(hidden)
+    """Channels of a bottleneck ``in_channels * rd_ratio``, floored (or rounded by
+    :func:`make_divisible` to a multiple of ``divisor``); raise when that leaves fewer than
+    ``min_channels`` (e.g. SE with rd_ratio 1/16 on 8 channels) instead of building a 0-wide
+    conv. The floor tolerates the float error of a ratio like 1/12, so ``C * (1 / r)`` gives
+    ``C // r`` for a divisor ``r`` of ``C``."""
+    width = in_channels * rd_ratio
+    hidden = make_divisible(width, divisor) if divisor else int(width + 1e-6)
     if hidden < min_channels:
         raise ValueError(
-            f'{owner}: in_channels={in_channels} is too small for reduction ratio={ratio} '
-            f'(gives {hidden} hidden channels, need >= {min_channels}); use in_channels >= '
-            f'{int(min_channels * ratio)} or a smaller ratio')
+            f'{owner}: in_channels={in_channels} is too small for rd_ratio={rd_ratio:g} '
+            f'(gives {hidden} reduced channels, need >= {min_channels}); use in_channels >= '
+            f'{math.ceil(min_channels / rd_ratio - 1e-6)} or a larger rd_ratio')
     return hidden
 
 

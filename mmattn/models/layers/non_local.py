@@ -10,7 +10,7 @@ from mmengine.model import BaseModule, constant_init, normal_init
 
 from mmattn.registry import MODELS
 from .helpers import (check_bool, check_choice, check_input, check_int, check_positive,
-                      reduced_channels)
+                      rd_ratio_arg, reduced_channels)
 from .softmax_attention import softmax_attention
 
 __all__ = ['FusedNonLocal2d']
@@ -30,7 +30,7 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
     Wang, Girshick, Gupta, He. "Non-local Neural Networks", CVPR 2018, arXiv:1711.07971
     (released code: facebookresearch/video-nonlocal-net, Caffe2).
 
-    With ``theta, phi, g`` 1x1 convs ``C -> C/reduction`` (``phi`` and ``g`` optionally followed
+    With ``theta, phi, g`` 1x1 convs ``C -> C * rd_ratio`` (``phi`` and ``g`` optionally followed
     by a 2x2 max-pool, ``sub_sample``)::
 
         y_i = sum_j softmax_j(theta(x)_i . phi(x)_j) g(x)_j       # over all positions j
@@ -56,8 +56,10 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
 
     Args:
         in_channels (int): Channels ``C`` of the input (and output).
-        reduction (int): ``C / reduction`` channels for ``theta, phi, g``. Default: 2.
-        use_scale (bool): Divide the affinities by ``sqrt(C / reduction)`` before the softmax
+        rd_ratio (float): Width of ``theta, phi, g`` as a fraction of ``C``, ``1 / r`` for an
+            integer ``r`` (mmcv's ``NonLocal2d`` builds ``C // r`` channels; ``self.reduction``
+            is that ``r``). Default: 1/2. ``reduction=r`` is its deprecated spelling.
+        use_scale (bool): Divide the affinities by ``sqrt(C * rd_ratio)`` before the softmax
             (embedded Gaussian only). Default: False, as in the paper.
         sub_sample (bool): 2x2 max-pool after ``phi`` and ``g`` (the paper's variant that cuts
             the pairwise cost by 4). Default: False.
@@ -77,7 +79,7 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
 
     Deviations from the released code:
         The release's configuration (``NONLOCAL.*``) scales the affinities by
-        ``1/sqrt(C / reduction)`` (``USE_SCALE=True``) and max-pools ``phi, g``
+        ``1/sqrt(C * rd_ratio)`` (``USE_SCALE=True``) and max-pools ``phi, g``
         (``USE_MAXPOOL=True``); the paper has no scaling and presents the max-pool as an
         optional trick, so both are off by default here: pass ``use_scale=True,
         sub_sample=True`` for the released block. Its other settings are the defaults here:
@@ -91,7 +93,7 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
 
     def __init__(self,
                  in_channels: int,
-                 reduction: int = 2,
+                 rd_ratio: Optional[float] = None,
                  use_scale: bool = False,
                  sub_sample: bool = False,
                  mode: str = 'embedded_gaussian',
@@ -99,11 +101,16 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
                  norm_cfg: Optional[dict] = dict(type='BN'),
                  std: float = 0.01,
                  zeros_init: bool = True,
-                 init_cfg: Optional[Union[dict, list]] = None):
+                 init_cfg: Optional[Union[dict, list]] = None,
+                 reduction: Optional[int] = None):
         owner = type(self).__name__
         check_int('in_channels', in_channels, 1, owner)
-        check_int('reduction', reduction, 1, owner)
-        reduced_channels(in_channels, reduction, owner)  # raises when C // reduction == 0
+        rd_ratio = rd_ratio_arg(owner, rd_ratio, 1 / 2, 'reduction', reduction)
+        reduction = round(1 / rd_ratio)
+        if abs(reduction * rd_ratio - 1) > 1e-6:
+            raise ValueError(f'{owner}: rd_ratio must be 1/r for an integer r (mmcv\'s '
+                             f'NonLocal2d builds in_channels // r channels), got {rd_ratio!r}')
+        reduced_channels(in_channels, rd_ratio, owner)  # raises when C // r == 0
         check_choice('mode', mode, ('embedded_gaussian', 'gaussian', 'dot_product'), owner)
         for name, value in (('use_scale', use_scale), ('sub_sample', sub_sample),
                             ('zeros_init', zeros_init)):
@@ -125,6 +132,7 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
             zeros_init=zeros_init)
         # _NonLocalNd's super().__init__() reached BaseModule without init_cfg
         self.init_cfg = copy.deepcopy(init_cfg)
+        self.rd_ratio = rd_ratio
         self.std = std
         self.zeros_init = zeros_init
         self.init_weights()

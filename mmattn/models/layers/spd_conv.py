@@ -1,4 +1,4 @@
-"""SPD-Conv: space-to-depth followed by a non-strided convolution (SPEC section 2.12)."""
+"""SPD-Conv: space-to-depth followed by a non-strided convolution (Sunkara and Luo 2022)."""
 import copy
 from typing import Optional, Union
 
@@ -12,13 +12,7 @@ from mmattn.utils.torch_compat import is_capturing
 
 from .helpers import act_cfg_from_name, check_bool, check_input, check_int
 
-__all__ = ['SPDConv', 'space_to_depth', 'depth_to_space']
-
-
-def _shape_checks_off() -> bool:
-    """True while scripting/tracing/compiling/exporting: shape checks are skipped there (as in
-    ``check_input``) so they add no guards to a captured graph."""
-    return is_capturing()
+__all__ = ['SPDConv', 'space_to_depth']
 
 
 def space_to_depth(x: torch.Tensor, scale: int = 2) -> torch.Tensor:
@@ -32,37 +26,21 @@ def space_to_depth(x: torch.Tensor, scale: int = 2) -> torch.Tensor:
 
     Note that this is *not* ``F.pixel_unshuffle``'s channel order (which interleaves the
     sub-grids per channel); weights trained with one order do not transfer to the other.
-    ``H`` and ``W`` must be divisible by ``scale``. ``depth_to_space`` is the exact inverse.
+    ``H`` and ``W`` must be divisible by ``scale`` (checked, except while capturing a graph,
+    as in ``check_input``, so the check adds no guards to it).
     """
     check_int('scale', scale, 1, owner='space_to_depth')
     if x.dim() != 4:
         raise ValueError(f'space_to_depth expects a 4-D (N, C, H, W) tensor, '
                          f'got shape {tuple(x.shape)}')
     n, c, h, w = x.shape
-    if not _shape_checks_off() and (h % scale or w % scale):
+    if not is_capturing() and (h % scale or w % scale):
         raise ValueError(f'space_to_depth needs H and W divisible by scale={scale}, '
                          f'got {h}x{w}')
     # (n, c, h', i, w', j) -> (n, j, i, c, h', w'): block index j * scale + i
     y = x.reshape(n, c, h // scale, scale, w // scale, scale)
     y = y.permute(0, 5, 3, 1, 2, 4)
     return y.reshape(n, scale * scale * c, h // scale, w // scale)
-
-
-def depth_to_space(x: torch.Tensor, scale: int = 2) -> torch.Tensor:
-    """Inverse of ``space_to_depth``: ``(N, scale**2 * C, H, W) -> (N, C, H * scale, W * scale)``
-    with the same sub-grid order, so ``depth_to_space(space_to_depth(x, s), s)`` is ``x``."""
-    check_int('scale', scale, 1, owner='depth_to_space')
-    if x.dim() != 4:
-        raise ValueError(f'depth_to_space expects a 4-D (N, C, H, W) tensor, '
-                         f'got shape {tuple(x.shape)}')
-    n, cs, h, w = x.shape
-    if not _shape_checks_off() and cs % (scale * scale):
-        raise ValueError(f'depth_to_space needs channels divisible by scale**2={scale * scale}, '
-                         f'got {cs}')
-    c = cs // (scale * scale)
-    y = x.reshape(n, scale, scale, c, h, w)  # (n, j, i, c, h, w)
-    y = y.permute(0, 3, 4, 2, 5, 1)  # (n, c, h, i, w, j)
-    return y.reshape(n, c, h * scale, w * scale)
 
 
 @MODELS.register_module()
@@ -159,7 +137,7 @@ class SPDConv(BaseModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.in_channels)
         s = self.scale
-        if not _shape_checks_off():
+        if not is_capturing():
             h, w = x.shape[-2:]
             if not self.pad_odd and (h % s or w % s):
                 raise ValueError(

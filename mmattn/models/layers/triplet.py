@@ -1,19 +1,21 @@
 """Triplet attention."""
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
+from .cbam import spatial_gate
 from .helpers import build_norm_arg, check_bool, check_input, check_int, check_odd_kernel
 
 __all__ = ['TripletAttention']
 
 
 class _ZPoolGate(nn.Module):
-    """One branch: Z-pool over dim 1 (``[max, mean]``), ``k x k`` conv 2 -> 1 without bias,
-    norm, sigmoid; multiplies its input by the resulting map."""
+    """The parameters of one branch: a ``k x k`` conv 2 -> 1 without bias and a norm, used by
+    :func:`~mmattn.models.layers.cbam.spatial_gate` (Z-pool over dim 1, conv, norm,
+    sigmoid)."""
 
     def __init__(self, kernel_size: int, norm: nn.Module):
         super().__init__()
@@ -21,8 +23,8 @@ class _ZPoolGate(nn.Module):
         self.norm = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.norm(self.conv(pooled)))
+        """The gate (N, 1, A, B) of an (N, D, A, B) view (pooled over D)."""
+        return spatial_gate(x, self.conv, self.norm)
 
 
 @MODELS.register_module()
@@ -102,38 +104,39 @@ class TripletAttention(BaseModule):
             if getattr(branch.norm, 'bias', None) is not None:
                 nn.init.zeros_(branch.norm.bias)
 
+    def gates(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The branch gates, each broadcastable to ``x``: ``cw`` (N, C, 1, W), ``hc``
+        (N, C, H, 1) and, unless ``no_spatial``, ``hw`` (N, 1, H, W); :meth:`forward` is the
+        mean of ``x * gate`` over them. The rotations are views, and each gate is rotated back
+        (the swaps are their own inverses)."""
+        # (N, C, H, W) -> (N, H, C, W): pool over H, attend over (C, W)
+        gates = [self.cw(x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)]
+        # (N, C, H, W) -> (N, W, H, C): pool over W, attend over (H, C)
+        gates.append(self.hc(x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1))
+        if self.hw is not None:
+            gates.append(self.hw(x))
+        return gates
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.in_channels)
-        # (N, C, H, W) -> (N, H, C, W): pool over H, attend over (C, W); the swap is its own
-        # inverse
-        out = self.cw(x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
-        # (N, C, H, W) -> (N, W, H, C): pool over W, attend over (H, C); also self-inverse
-        out = out + self.hc(x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)
-        if self.hw is None:
-            return out / 2
-        return (out + self.hw(x)) / 3
+        gates = self.gates(x)
+        out = x * gates[0]
+        for gate in gates[1:]:
+            out = out + x * gate
+        return out / len(gates)
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> dict:
         """Summaries of the element-wise gate ``G`` of :meth:`forward` (``forward(x) == x *
-        G``, ``G`` the mean of the three branch gates broadcast to (N, C, H, W)):
+        G``, ``G`` the mean of the branch gates of :meth:`gates`, broadcast to (N, C, H, W)):
         ``dict(spatial=mean of G over channels (N, H, W), channel=mean of G over positions
         (N, C))``."""
         check_input(self, x, self.in_channels)
-
-        def gate(branch, t):
-            pooled = torch.cat([t.amax(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)], 1)
-            return torch.sigmoid(branch.norm(branch.conv(pooled)))[:, 0]
-
-        g_cw = gate(self.cw, x.permute(0, 2, 1, 3))  # (N, C, W)
-        g_hc = gate(self.hc, x.permute(0, 3, 2, 1))  # (N, H, C)
-        parts = 2 if self.hw is None else 3
-        # mean over C of each branch gate, as an (N, H, W) map
-        spatial = g_cw.mean(dim=1)[:, None, :] + g_hc.mean(dim=2)[:, :, None]
-        # mean over H, W of each branch gate, as an (N, C) vector
-        channel = g_cw.mean(dim=2) + g_hc.mean(dim=1)
-        if self.hw is not None:
-            g_hw = gate(self.hw, x)  # (N, H, W)
-            spatial = spatial + g_hw
-            channel = channel + g_hw.mean(dim=(1, 2))[:, None]
-        return dict(spatial=spatial / parts, channel=channel / parts)
+        gates = self.gates(x)
+        # each gate is constant along the axes it is broadcast over, so the means of G
+        # are the broadcast sums of the gates' own means
+        spatial = sum(g.mean(dim=1, keepdim=True) for g in gates) / len(gates)
+        channel = sum(g.mean(dim=(2, 3), keepdim=True) for g in gates) / len(gates)
+        n, c, h, w = x.shape
+        return dict(spatial=spatial.expand(n, 1, h, w)[:, 0],
+                    channel=channel.expand(n, c, 1, 1).flatten(1))
