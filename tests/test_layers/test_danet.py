@@ -35,12 +35,12 @@ def test_defaults_and_names():
         for p in ('weight', 'bias')} | {'gamma'}
     assert set(build_attention('danet_cam', 64).state_dict()) == {'gamma'}
     dual = build_attention('danet', 64)
-    assert type(dual) is DANetDualAttention and dual.pam.reduction == 8
+    assert type(dual) is DANetDualAttention and dual.pam.rd_ratio == 1 / 8
 
 
 @pytest.mark.parametrize('hw', [(5, 7), (1, 1), (12, 3)])
 @pytest.mark.parametrize('rd_ratio', [1 / 8, 1 / 2])
-def test_pam_matches_explicit_float64(hw, reduction):
+def test_pam_matches_explicit_float64(hw, rd_ratio):
     m = randomise(DANetPositionAttention(16, rd_ratio=rd_ratio).double())
     x = torch.randn(2, 16, *hw, dtype=torch.float64)
     expected = m.gamma * reference_pam_term(m, x) + x

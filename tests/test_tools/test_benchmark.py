@@ -202,11 +202,12 @@ def test_whole_model_against_baseline(tmp_path):
     assert result.input_hw == (128, 96)
     assert 0 < result.flops_overhead('executed') < result.flops_overhead('released')
     assert result.attn_modules > 0
-    # peak memory of both phases: training holds activations and gradients, and the
-    # attention modules add to the baseline's
-    for phase in ('infer', 'train'):
-        assert 0 < result.peak[phase]['baseline'] < result.peak[phase]['model']
-    assert result.peak['train']['model'] > result.peak['infer']['model']
+    # peak memory of both phases: training keeps every activation for the backward, so the
+    # attention modules' own add to the baseline's (inference frees them as it goes: its peak
+    # is the largest few maps of the network, which PSA does not grow)
+    assert 0 < result.peak['infer']['baseline'] <= result.peak['infer']['model']
+    assert result.peak['infer']['model'] < result.peak['train']['baseline']
+    assert result.peak['train']['baseline'] < result.peak['train']['model']
     table = model_table([result])
     assert table.count('|') == table.splitlines()[0].count('|') * 3  # header, rule, one row
 

@@ -1,0 +1,219 @@
+"""The implementations users would otherwise pick, as benchmark peers of mmattn's modules.
+
+A peer is another library's class for the same block, built with the mmattn module's
+hyper-parameters and loaded with its weights (a strict ``load_state_dict`` of the renamed
+keys), so that both compute the same function and the benchmark compares implementations, not
+models (its report checks the outputs). Peers:
+
+=========  ======================================================================
+mmattn     peers
+=========  ======================================================================
+se         timm ``SEModule``
+eca        timm ``EcaModule``
+cbam       timm ``CbamModule`` (its spatial conv reads ``[mean, max]``: channels swapped)
+gc         timm ``GlobalContext`` (LayerNorm eps set to mmcv's 1e-5), mmcv ``ContextBlock``
+nonlocal   timm ``NonLocalAttn`` (``W_z`` bias zero), mmcv ``NonLocal2d``
+coord      timm ``CoordAttn`` (timm >= 1.0.20)
+=========  ======================================================================
+
+timm is a benchmark dependency only: it is imported here, when a peer is built, and never by
+``import mmattn``; without it the timm peers are skipped with a one-line reason.
+"""
+import copy
+from typing import Callable, Dict, List, Mapping, NamedTuple, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ['PeerUnavailable', 'Peer', 'PEERS', 'peer_names', 'build_peers', 'AA_CONTROL']
+
+# variant name of the A/A control: the module against its own deep copy
+AA_CONTROL = 'A/A copy'
+
+
+class PeerUnavailable(RuntimeError):
+    """A peer cannot be built here (library missing or too old); the message says why."""
+
+
+class Peer(NamedTuple):
+    label: str  # variant name in the reports, e.g. 'timm SEModule'
+    build: Callable[[nn.Module], nn.Module]
+
+
+def _timm_layers():
+    try:
+        import timm.layers as layers
+    except ImportError as exc:
+        raise PeerUnavailable(f'timm is not installed ({exc}); pip install timm to add the '
+                              f'timm peers') from exc
+    return layers
+
+
+def _timm_class(name: str):
+    layers = _timm_layers()
+    cls = getattr(layers, name, None)
+    if cls is None:
+        import timm
+        raise PeerUnavailable(f'timm {timm.__version__} has no timm.layers.{name}')
+    return cls
+
+
+def _load(peer: nn.Module, source: Mapping[str, torch.Tensor], names: Mapping[str, str],
+          transform: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] = {}) -> nn.Module:
+    """Load ``source`` (an mmattn state dict) into ``peer`` under ``names`` (mmattn key ->
+    peer key), strictly: a peer whose layout differs from the one assumed here fails with its
+    keys listed instead of comparing against random weights."""
+    state = {}
+    for ours, theirs in names.items():
+        value = source[ours]
+        if ours in transform:
+            value = transform[ours](value)
+        state[theirs] = value
+    try:
+        peer.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise PeerUnavailable(f'{type(peer).__name__}: unexpected layout '
+                              f'({str(exc).splitlines()[0][:160]})') from exc
+    return peer
+
+
+def _same_names(module: nn.Module, renames: Mapping[str, str] = {}) -> Dict[str, str]:
+    """Every key of ``module``'s state dict, renamed by prefix where ``renames`` says."""
+    names = {}
+    for key in module.state_dict():
+        new = key
+        for old, rep in renames.items():
+            if key.startswith(old):
+                new = rep + key[len(old):]
+                break
+        names[key] = new
+    return names
+
+
+# ----------------------------------------------------------------------------- builders
+def _timm_se(m: nn.Module) -> nn.Module:
+    act = type(m.act) if isinstance(m.act, (nn.ReLU, nn.SiLU, nn.GELU)) else None
+    if act is None or not isinstance(m.gate, nn.Sigmoid):
+        raise PeerUnavailable('timm SEModule: only ReLU/SiLU/GELU and a sigmoid gate mapped')
+    peer = _timm_class('SEModule')(m.in_channels, rd_channels=m.hidden_channels,
+                                   act_layer=act)
+    return _load(peer, m.state_dict(), _same_names(m))
+
+
+def _timm_eca(m: nn.Module) -> nn.Module:
+    # channels=None: timm then takes kernel_size as given (with channels it recomputes it)
+    peer = _timm_class('EcaModule')(None, kernel_size=m.kernel_size)
+    return _load(peer, m.state_dict(), _same_names(m))
+
+
+def _timm_cbam(m: nn.Module) -> nn.Module:
+    if m.no_spatial or not isinstance(m.act, nn.ReLU):
+        raise PeerUnavailable('timm CbamModule: only the spatial gate and ReLU are mapped')
+    peer = _timm_class('CbamModule')(m.in_channels, rd_channels=m.hidden_channels,
+                                     spatial_kernel_size=m.kernel_size, mlp_bias=True)
+    names = _same_names(m, {'fc1.': 'channel.fc1.', 'fc2.': 'channel.fc2.',
+                            'spatial_conv.': 'spatial.conv.conv.',
+                            'spatial_norm.': 'spatial.conv.bn.'})
+    # mmattn (and the release) stack [max, mean], timm [mean, max]
+    swap = {'spatial_conv.weight': lambda w: w.flip(1)}
+    return _load(peer, m.state_dict(), names, swap)
+
+
+def _gc_check(m: nn.Module):
+    if m.pooling_type != 'att' or tuple(m.fusion_types) != ('channel_add', ):
+        raise PeerUnavailable('GC peers: only attention pooling with channel_add is mapped')
+
+
+def _timm_gc(m: nn.Module) -> nn.Module:
+    _gc_check(m)
+    peer = _timm_class('GlobalContext')(m.in_channels, fuse_add=True, fuse_scale=False,
+                                        rd_channels=m.planes)
+    peer.mlp_add.norm.eps = m.channel_add_conv[1].eps  # timm's LayerNorm2d: 1e-6
+    names = {'conv_mask.weight': 'conv_attn.weight', 'conv_mask.bias': 'conv_attn.bias'}
+    for i, part in ((0, 'fc1'), (1, 'norm'), (3, 'fc2')):
+        for p in ('weight', 'bias'):
+            names[f'channel_add_conv.{i}.{p}'] = f'mlp_add.{part}.{p}'
+    flat = {f'channel_add_conv.1.{p}': lambda t: t.flatten() for p in ('weight', 'bias')}
+    return _load(peer, m.state_dict(), names, flat)
+
+
+def _mmcv_gc(m: nn.Module) -> nn.Module:
+    from mmcv.cnn import ContextBlock
+    _gc_check(m)
+    peer = ContextBlock(m.in_channels, m.ratio, m.pooling_type, tuple(m.fusion_types))
+    return _load(peer, m.state_dict(), _same_names(m))
+
+
+def _nonlocal_check(m: nn.Module):
+    if m.mode != 'embedded_gaussian' or m.sub_sample or m.conv_out.norm_cfg is None or \
+            m.conv_out.norm_cfg.get('type') not in ('BN', 'BN2d'):
+        raise PeerUnavailable('Non-local peers: only embedded Gaussian, no sub-sampling and '
+                              'a BN after W_z are mapped')
+
+
+def _timm_nonlocal(m: nn.Module) -> nn.Module:
+    _nonlocal_check(m)
+    if m.use_scale:
+        raise PeerUnavailable('timm NonLocalAttn scales by C^-0.5, not (C/r)^-0.5: only '
+                              'use_scale=False is mapped')
+    peer = _timm_class('NonLocalAttn')(m.in_channels, use_scale=False,
+                                       rd_channels=m.inter_channels)
+    sd = dict(m.state_dict())
+    sd['conv_out.conv.bias'] = torch.zeros(m.in_channels)  # timm's W_z has a bias
+    names = {}
+    for ours, theirs in (('theta.conv', 't'), ('phi.conv', 'p'), ('g.conv', 'g'),
+                         ('conv_out.conv', 'z')):
+        for p in ('weight', 'bias'):
+            names[f'{ours}.{p}'] = f'{theirs}.{p}'
+    for key in sd:
+        if key.startswith('conv_out.norm.'):
+            names[key] = 'norm.' + key[len('conv_out.norm.'):]
+    return _load(peer, sd, names)
+
+
+def _mmcv_nonlocal(m: nn.Module) -> nn.Module:
+    from mmcv.cnn import NonLocal2d
+    _nonlocal_check(m)
+    peer = NonLocal2d(m.in_channels, reduction=m.reduction, use_scale=m.use_scale,
+                      norm_cfg=dict(m.conv_out.norm_cfg), mode=m.mode)
+    return _load(peer, m.state_dict(), _same_names(m))
+
+
+def _timm_coord(m: nn.Module) -> nn.Module:
+    if not isinstance(m.norm, nn.BatchNorm2d):
+        raise PeerUnavailable('timm CoordAttn: only a BatchNorm encoding is mapped')
+    peer = _timm_class('CoordAttn')(m.in_channels, rd_channels=m.mip, bias=True,
+                                    act_layer=nn.Hardswish)
+    return _load(peer, m.state_dict(), _same_names(m, {'norm.': 'bn1.'}))
+
+
+PEERS: Dict[str, Tuple[Peer, ...]] = {
+    'se': (Peer('timm SEModule', _timm_se), ),
+    'eca': (Peer('timm EcaModule', _timm_eca), ),
+    'cbam': (Peer('timm CbamModule', _timm_cbam), ),
+    'gc': (Peer('timm GlobalContext', _timm_gc), Peer('mmcv ContextBlock', _mmcv_gc)),
+    'nonlocal': (Peer('timm NonLocalAttn', _timm_nonlocal), Peer('mmcv NonLocal2d',
+                                                                    _mmcv_nonlocal)),
+    'coord': (Peer('timm CoordAttn', _timm_coord), ),
+}
+
+
+def peer_names() -> List[str]:
+    """The mmattn short names that have peers."""
+    return list(PEERS)
+
+
+def build_peers(name: str, module: nn.Module) -> Tuple[Dict[str, nn.Module], List[str]]:
+    """``({label: peer with module's weights}, [why a peer was skipped, ...])`` for the
+    module of short name ``name``, on the module's device and dtype, in its train/eval mode."""
+    param = next(module.parameters())
+    built, skipped = {}, []
+    for peer in PEERS.get(name, ()):
+        try:
+            with torch.no_grad():
+                p = peer.build(copy.deepcopy(module).float().cpu())
+        except PeerUnavailable as exc:
+            skipped.append(f'{peer.label}: {exc}')
+            continue
+        built[peer.label] = p.to(device=param.device, dtype=param.dtype).train(module.training)
+    return built, skipped
