@@ -35,6 +35,8 @@ TORCH_VERSION="$(version_of torch)"; MMCV_VERSION="$(version_of mmcv)"
 EXTRA_DEPS="opencv-python ftfy regex json-tricks munkres matplotlib scipy six tqdm shapely \
 terminaltables pycocotools pillow prettytable rich cityscapesscripts addict yapf packaging"
 TEST_DEPS="$(grep -v '^#' "$ROOT/requirements/tests.txt" | tr '\n' ' ')"
+# the implementations the benchmark compares against (timm), never imported by mmattn itself
+BENCH_DEPS="$(grep -v '^#' "$ROOT/requirements/benchmark.txt" | tr '\n' ' ')"
 
 say() { printf '[setup %s %s] %s\n' "$STACK" "$(date +%H:%M:%S)" "$*"; }
 
@@ -46,7 +48,7 @@ pipi() { PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$VENV/bin/python" -m pip "$@
 has_cuda() { command -v nvcc >/dev/null 2>&1 && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 if has_cuda; then OPS_FLAVOUR=cuda; else OPS_FLAVOUR=cpu; fi
 
-STAMP_CONTENT="$( (cat "$PINS_FILE"; echo "$EXTRA_DEPS $TEST_DEPS $OPS_FLAVOUR") | sha1sum | cut -c1-16)"
+STAMP_CONTENT="$( (cat "$PINS_FILE"; echo "$EXTRA_DEPS $TEST_DEPS $BENCH_DEPS $OPS_FLAVOUR") | sha1sum | cut -c1-16)"
 STAMP="$VENV/.mmattn-stack"
 
 verify() {
@@ -76,7 +78,9 @@ pipi install -q "$TORCH_PIN" "$TORCHVISION_PIN" "$NUMPY_PIN"
 
 say "installing $MMENGINE_PIN and runtime dependencies"
 # shellcheck disable=SC2086
-pipi install -q "$MMENGINE_PIN" "$NUMPY_PIN" $EXTRA_DEPS $TEST_DEPS
+# (torch pins repeated so that no dependency can move torch)
+pipi install -q "$MMENGINE_PIN" "$NUMPY_PIN" "$TORCH_PIN" "$TORCHVISION_PIN" $EXTRA_DEPS \
+  $TEST_DEPS $BENCH_DEPS
 
 # mmcv ships only as a source distribution; build its wheel with ops once and cache it, keyed by
 # everything the compiled extension depends on.
