@@ -156,3 +156,16 @@ def test_bad_input_names_the_class():
         m(torch.randn(16, 5, 5))
     with pytest.raises(ValueError, match='FusedNonLocal2d.*at least 2x2'):
         FusedNonLocal2d(16, sub_sample=True)(torch.randn(1, 16, 1, 5))
+
+
+@pytest.mark.parametrize('hw', [(4, 3), (8, 6)])  # W_z sees V^T P^T directly / P V transposed
+def test_output_keeps_the_input_memory_format(hw):
+    """The attention result reaches W_z in x's layout (a transposed product viewed as a map
+    would be channels_last, where W_z's BN backward is several times slower)."""
+    m = randomise(FusedNonLocal2d(16)).train()
+    x = torch.randn(2, 16, *hw, requires_grad=True)
+    y = m(x)
+    assert y.is_contiguous()
+    y_cl = m(x.detach().contiguous(memory_format=torch.channels_last))
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_cl, y, rtol=1e-5, atol=1e-5)

@@ -180,5 +180,11 @@ class FusedNonLocal2d(NonLocal2d, BaseModule):
             if self.mode == 'embedded_gaussian' and self.use_scale:
                 scale = query.shape[-1]**-0.5
             y = softmax_attention(query, key, value, scale, transpose_out=True)  # (N, d, HW)
-        y = y.reshape(n, self.inter_channels, h, w)
+        # y in x's memory format: the transposed (N, d, HW) result viewed as a map is
+        # channels_last, and W_z's norm runs its backward several times slower on that (a
+        # copy of the d-channel map, as mmcv's .contiguous(), where the layouts differ)
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous()
+        y = y.reshape(n, self.inter_channels, h, w).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         return x + self.conv_out(y)

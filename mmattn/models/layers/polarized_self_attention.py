@@ -310,6 +310,9 @@ class PolarizedSelfAttention(BaseModule):
                 else:
                     y = flat * a_ch.to(flat.dtype).unsqueeze(-1)
                     theta = torch.matmul(_mat(self.conv_v_left), y)
+                # autocast's 16-bit copy of x is not needed past theta: release it before
+                # the softmax's float32 copies (in inference nothing else holds it)
+                feats = flat = y = None
                 theta = softmax_float32(theta, -1).to(theta.dtype)
                 s = row_products(g.unsqueeze(1), theta)
             else:
@@ -325,6 +328,8 @@ class PolarizedSelfAttention(BaseModule):
         if self.mode == 'parallel':
             if is_compiling():
                 return x * a_sp + x * a_ch
+            if not torch.is_grad_enabled():  # inference: no backward to plan for
+                return torch.mul(x, a_sp).addcmul_(x, a_ch)
             return _GateSum.apply(x, a_sp, a_ch)
         # one full-size allocation in inference (in training autograd keeps a copy of the
         # product for a_ch's gradient, as x * a_sp * a_ch would)
