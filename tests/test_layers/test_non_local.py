@@ -163,9 +163,12 @@ def test_output_keeps_the_input_memory_format(hw):
     """The attention result reaches W_z in x's layout (a transposed product viewed as a map
     would be channels_last, where W_z's BN backward is several times slower)."""
     m = randomise(FusedNonLocal2d(16)).train()
+    seen = []
+    m.conv_out.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
     x = torch.randn(2, 16, *hw, requires_grad=True)
     y = m(x)
-    assert y.is_contiguous()
+    assert seen[0].is_contiguous() and y.is_contiguous()
     y_cl = m(x.detach().contiguous(memory_format=torch.channels_last))
+    assert seen[1].is_contiguous(memory_format=torch.channels_last)
     assert y_cl.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y_cl, y, rtol=1e-5, atol=1e-5)
