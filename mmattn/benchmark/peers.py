@@ -49,13 +49,17 @@ def _timm_layers():
     return layers
 
 
-def _timm_class(name: str):
-    layers = _timm_layers()
-    cls = getattr(layers, name, None)
-    if cls is None:
-        import timm
-        raise PeerUnavailable(f'timm {timm.__version__} has no timm.layers.{name}')
-    return cls
+def _timm_class(name: str, module: str):
+    """``timm.layers.<module>.<name>`` (not every class is exported by ``timm.layers``)."""
+    _timm_layers()
+    import importlib
+
+    import timm
+    try:
+        return getattr(importlib.import_module(f'timm.layers.{module}'), name)
+    except (ImportError, AttributeError) as exc:
+        raise PeerUnavailable(f'timm {timm.__version__} has no timm.layers.{module}.'
+                              f'{name}') from exc
 
 
 def _load(peer: nn.Module, source: Mapping[str, torch.Tensor], names: Mapping[str, str],
@@ -95,21 +99,21 @@ def _timm_se(m: nn.Module) -> nn.Module:
     act = type(m.act) if isinstance(m.act, (nn.ReLU, nn.SiLU, nn.GELU)) else None
     if act is None or not isinstance(m.gate, nn.Sigmoid):
         raise PeerUnavailable('timm SEModule: only ReLU/SiLU/GELU and a sigmoid gate mapped')
-    peer = _timm_class('SEModule')(m.in_channels, rd_channels=m.hidden_channels,
+    peer = _timm_class('SEModule', 'squeeze_excite')(m.in_channels, rd_channels=m.hidden_channels,
                                    act_layer=act)
     return _load(peer, m.state_dict(), _same_names(m))
 
 
 def _timm_eca(m: nn.Module) -> nn.Module:
     # channels=None: timm then takes kernel_size as given (with channels it recomputes it)
-    peer = _timm_class('EcaModule')(None, kernel_size=m.kernel_size)
+    peer = _timm_class('EcaModule', 'eca')(None, kernel_size=m.kernel_size)
     return _load(peer, m.state_dict(), _same_names(m))
 
 
 def _timm_cbam(m: nn.Module) -> nn.Module:
     if m.no_spatial or not isinstance(m.act, nn.ReLU):
         raise PeerUnavailable('timm CbamModule: only the spatial gate and ReLU are mapped')
-    peer = _timm_class('CbamModule')(m.in_channels, rd_channels=m.hidden_channels,
+    peer = _timm_class('CbamModule', 'cbam')(m.in_channels, rd_channels=m.hidden_channels,
                                      spatial_kernel_size=m.kernel_size, mlp_bias=True)
     names = _same_names(m, {'fc1.': 'channel.fc1.', 'fc2.': 'channel.fc2.',
                             'spatial_conv.': 'spatial.conv.conv.',
@@ -126,7 +130,7 @@ def _gc_check(m: nn.Module):
 
 def _timm_gc(m: nn.Module) -> nn.Module:
     _gc_check(m)
-    peer = _timm_class('GlobalContext')(m.in_channels, fuse_add=True, fuse_scale=False,
+    peer = _timm_class('GlobalContext', 'global_context')(m.in_channels, fuse_add=True, fuse_scale=False,
                                         rd_channels=m.planes)
     peer.mlp_add.norm.eps = m.channel_add_conv[1].eps  # timm's LayerNorm2d: 1e-6
     names = {'conv_mask.weight': 'conv_attn.weight', 'conv_mask.bias': 'conv_attn.bias'}
@@ -156,7 +160,7 @@ def _timm_nonlocal(m: nn.Module) -> nn.Module:
     if m.use_scale:
         raise PeerUnavailable('timm NonLocalAttn scales by C^-0.5, not (C/r)^-0.5: only '
                               'use_scale=False is mapped')
-    peer = _timm_class('NonLocalAttn')(m.in_channels, use_scale=False,
+    peer = _timm_class('NonLocalAttn', 'non_local_attn')(m.in_channels, use_scale=False,
                                        rd_channels=m.inter_channels)
     sd = dict(m.state_dict())
     sd['conv_out.conv.bias'] = torch.zeros(m.in_channels)  # timm's W_z has a bias
@@ -165,9 +169,10 @@ def _timm_nonlocal(m: nn.Module) -> nn.Module:
                          ('conv_out.conv', 'z')):
         for p in ('weight', 'bias'):
             names[f'{ours}.{p}'] = f'{theirs}.{p}'
+    norm = f'conv_out.{m.conv_out.norm_name}.'  # mmcv's ConvModule names its norm 'bn'
     for key in sd:
-        if key.startswith('conv_out.norm.'):
-            names[key] = 'norm.' + key[len('conv_out.norm.'):]
+        if key.startswith(norm):
+            names[key] = 'norm.' + key[len(norm):]
     return _load(peer, sd, names)
 
 
@@ -182,7 +187,7 @@ def _mmcv_nonlocal(m: nn.Module) -> nn.Module:
 def _timm_coord(m: nn.Module) -> nn.Module:
     if not isinstance(m.norm, nn.BatchNorm2d):
         raise PeerUnavailable('timm CoordAttn: only a BatchNorm encoding is mapped')
-    peer = _timm_class('CoordAttn')(m.in_channels, rd_channels=m.mip, bias=True,
+    peer = _timm_class('CoordAttn', 'coord_attn')(m.in_channels, rd_channels=m.mip, bias=True,
                                     act_layer=nn.Hardswish)
     return _load(peer, m.state_dict(), _same_names(m, {'norm.': 'bn1.'}))
 
