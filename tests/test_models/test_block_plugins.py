@@ -241,7 +241,7 @@ def test_short_names_work_in_plugin_and_neck_configs():
     attn = model.get_submodule(path)
     assert type(attn).__name__ == 'PolarizedSelfAttention' and attn.mode == 'sequential'
     neck = _build('mmseg', dict(type='AttentionNeck', in_channels=[16, 32],
-                                attention=dict(type='se', ratio=4)))
+                                attention=dict(type='se', rd_ratio=1 / 4)))
     assert type(neck.attentions['1']).__name__ == 'SqueezeExcitation'
 
 

@@ -208,9 +208,9 @@ def test_psa_maps_leave_module_unchanged_and_work_in_float32():
 
 # ----------------------------------------------------------------------------- other modules
 @pytest.mark.parametrize('name,kwargs,combine', [
-    ('se', dict(ratio=4), 'channel'),
+    ('se', dict(rd_ratio=1 / 4), 'channel'),
     ('eca', {}, 'channel'),
-    ('cbam', dict(ratio=4), 'product'),
+    ('cbam', dict(rd_ratio=1 / 4), 'product'),
     ('coord', {}, 'mean'),
     ('triplet', {}, 'mean'),
     ('triplet', dict(no_spatial=True), 'mean'),
@@ -275,7 +275,7 @@ def test_site_parsing_and_discovery():
     assert parse_site('backbone.layer2.1.se') == (2, 0, '1.se')
     assert parse_site('neck.attentions.0') == ('neck', 0, 'attentions.0')
     model = nn.Sequential()
-    model.add_module('a', build_attention('se', 16, ratio=4))
+    model.add_module('a', build_attention('se', 16, rd_ratio=1 / 4))
     model.add_module('b', nn.Conv2d(16, 16, 1))
     sites = find_attention_modules(model)
     assert [s.path for s in sites] == ['a'] and sites[0].kind == 'SqueezeExcitation'
