@@ -23,6 +23,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
+from mmattn.utils.paths import tools_root
+
 from .report import summarise, write_outputs
 from .runs import (ChildProcess, Launcher, RunSpec, fingerprint, read_json, run_dir_of, run_one,
                    write_json, _check_fingerprint)
@@ -33,6 +35,7 @@ __all__ = ['CompareOptions', 'run_comparison', 'DEFAULT_METRICS', 'parse_cfg_opt
            'WorkDirBusy']
 
 DEFAULT_METRICS = {'mmseg': 'mIoU', 'mmpose': 'coco/AP', 'mmdet': 'coco/bbox_mAP'}
+# the folder holding the mmattn package: children import this mmattn first
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
@@ -66,7 +69,7 @@ class CompareOptions:
     node_rank: int = 0
     master_addr: str = '127.0.0.1'
     master_port: int = 29500
-    tools_dir: str = osp.join(REPO_ROOT, 'tools')
+    tools_dir: str = field(default_factory=tools_root)
     dry_run: bool = False
 
 

@@ -1,7 +1,7 @@
 """Where the shipped configs are, in a checkout and in an installed package."""
 import os.path as osp
 
-__all__ = ['configs_root', 'register_config_package']
+__all__ = ['configs_root', 'tools_root', 'register_config_package']
 
 _PACKAGE_DIR = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -13,6 +13,15 @@ def configs_root() -> str:
     if osp.isdir(installed):
         return installed
     return osp.join(osp.dirname(_PACKAGE_DIR), 'configs')
+
+
+def tools_root() -> str:
+    """The folder holding ``train.py`` and ``test.py``: ``mmattn/.mim/tools`` of an installed
+    package, else the checkout's ``tools/``."""
+    installed = osp.join(_PACKAGE_DIR, '.mim', 'tools')
+    if osp.isdir(installed):
+        return installed
+    return osp.join(osp.dirname(_PACKAGE_DIR), 'tools')
 
 
 def register_config_package() -> None:
