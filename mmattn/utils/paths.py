@@ -6,22 +6,23 @@ __all__ = ['configs_root', 'tools_root', 'register_config_package']
 _PACKAGE_DIR = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-def configs_root() -> str:
-    """The folder holding the shipped configs: ``mmattn/.mim/configs`` of an installed package
-    (where ``mmattn::`` bases resolve), else the checkout's ``configs/``."""
-    installed = osp.join(_PACKAGE_DIR, '.mim', 'configs')
+def _shipped(folder: str) -> str:
+    """``mmattn/.mim/<folder>`` of an installed package, else the checkout's ``<folder>/``."""
+    installed = osp.join(_PACKAGE_DIR, '.mim', folder)
     if osp.isdir(installed):
         return installed
-    return osp.join(osp.dirname(_PACKAGE_DIR), 'configs')
+    return osp.join(osp.dirname(_PACKAGE_DIR), folder)
+
+
+def configs_root() -> str:
+    """The folder holding the shipped configs (where ``mmattn::`` bases resolve when
+    installed)."""
+    return _shipped('configs')
 
 
 def tools_root() -> str:
-    """The folder holding ``train.py`` and ``test.py``: ``mmattn/.mim/tools`` of an installed
-    package, else the checkout's ``tools/``."""
-    installed = osp.join(_PACKAGE_DIR, '.mim', 'tools')
-    if osp.isdir(installed):
-        return installed
-    return osp.join(osp.dirname(_PACKAGE_DIR), 'tools')
+    """The folder holding ``train.py`` and ``test.py``."""
+    return _shipped('tools')
 
 
 def register_config_package() -> None:

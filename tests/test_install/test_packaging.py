@@ -83,14 +83,14 @@ def installed_copy(tmp_path_factory):
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
         '.git', '.venv*', 'work_dirs', 'data', 'build', 'dist', '*.egg-info', '.mim',
         '__pycache__'))
-    for cmd in (['wheel', '--no-deps', '-w', str(root / 'dist'), str(source)],
-                ['install', '--no-deps', '--no-index', '--target', str(root / 'site'),
-                 '--find-links', str(root / 'dist'), 'mmattn']):
-        proc = subprocess.run([sys.executable, '-m', 'pip', *cmd[:1], '--no-build-isolation',
-                               '--quiet', *cmd[1:]] if cmd[0] == 'wheel' else
-                              [sys.executable, '-m', 'pip', *cmd, '--quiet'],
+    def pip(*args):
+        proc = subprocess.run([sys.executable, '-m', 'pip', *args, '--quiet'],
                               capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
+
+    pip('wheel', '--no-deps', '--no-build-isolation', '-w', str(root / 'dist'), str(source))
+    pip('install', '--no-deps', '--no-index', '--target', str(root / 'site'), '--find-links',
+        str(root / 'dist'), 'mmattn')
     wheel, = (root / 'dist').glob('mmattn-*.whl')
     return dict(source=source, wheel=wheel, site=root / 'site')
 
