@@ -176,16 +176,21 @@ def test_gradcheck(mode, formulation, hw):
 
 # ----------------------------------------------------------------------------- efficiency
 class _Shapes(TorchDispatchMode):
-    """Records the shape of every tensor an aten op returns."""
+    """Records the shape of every tensor an aten op returns (with ``new_only``, only those on
+    new memory: views and in-place results are left out)."""
 
-    def __init__(self):
+    def __init__(self, new_only: bool = False):
         super().__init__()
         self.shapes = []
+        self.new_only = new_only
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
         for t in (out if isinstance(out, (tuple, list)) else (out, )):
             if isinstance(t, torch.Tensor):
+                if self.new_only and t.untyped_storage().data_ptr() in inputs:
+                    continue
                 self.shapes.append(tuple(t.shape))
         return out
 
@@ -205,11 +210,28 @@ def test_no_half_channel_map_formed(mode, formulation):
         assert big == [], rec.shapes
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_sequential_small_map_copies_nothing_full_size(dtype):
+    # C/2 = 8 > HW = 6: theta is projected from y = x * a_ch; y and the output are the only
+    # full-size (N*C*HW) results, and nothing else is larger (a folded transpose of y or
+    # weights broadcast per sample would be)
+    module = PolarizedSelfAttention(16, mode='sequential').eval()
+    x = torch.randn(3, 16, 2, 3)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16,
+                                         enabled=dtype == torch.bfloat16), _Shapes(True) as rec:
+        module(x)
+    numels = [math.prod(s) for s in rec.shapes]
+    allowed = 3 if dtype == torch.bfloat16 else 2  # under autocast also x's 16-bit copy
+    assert numels.count(3 * 16 * 6) <= allowed, rec.shapes
+    assert max(numels) <= 3 * 16 * 6, rec.shapes
+
+
 # ----------------------------------------------------------------------------- precision
+@pytest.mark.parametrize('hw', [(9, 7), (2, 3)])  # HW > C/2 and HW < C/2 (PSA_s differs)
 @pytest.mark.parametrize('mode,formulation', VARIANTS)
-def test_autocast_bfloat16_all_variants(mode, formulation):
+def test_autocast_bfloat16_all_variants(mode, formulation, hw):
     module = randomised(16, mode, formulation).float()
-    x = rand_x((2, 16, 9, 7), dtype=torch.float32).requires_grad_()
+    x = rand_x((2, 16, *hw), dtype=torch.float32).requires_grad_()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         y = module(x)
     assert torch.isfinite(y.float()).all()
