@@ -107,20 +107,30 @@ def test_cpu_dispatch_blockwise_for_unequal_dims_and_fused_kernel_for_equal():
                                    pytest.param(torch.float16, marks=requires_cpu_float16)])
 def test_16_bit_inputs(dtype):
     """16-bit q, k, v: output and gradients in that dtype, as close to the float64 result as
-    16 bits allow (logits, softmax and backward accumulate in float32)."""
+    the explicit form computed in that dtype (as autocast runs it) comes: the blocks round P
+    and the products to 16 bits as it does, the gradients are summed in float32."""
     q64, k64, v64 = qkv(lq=200, lk=150, d=8, dv=16)
     q, k, v = (t.detach().to(dtype).requires_grad_() for t in (q64, k64, v64))
     out = softmax_attention(q, k, v, 0.5, block_elements=150 * 16)
     assert out.dtype == dtype
-    ref = explicit(*(t.detach().double() for t in (q, k, v)), 0.5)
-    torch.testing.assert_close(out.double(), ref, rtol=0, atol=2e-2)
-    out.backward(torch.ones_like(out))
-    for t in (q, k, v):
-        assert t.grad.dtype == dtype and torch.isfinite(t.grad).all()
+    q16, k16, v16 = (t.detach().to(dtype).requires_grad_() for t in (q64, k64, v64))
+    out16 = explicit(q16, k16, v16, 0.5)
     q32, k32, v32 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    explicit(q32, k32, v32, 0.5).sum().backward()
-    for a, b in ((q, q32), (k, k32), (v, v32)):
-        torch.testing.assert_close(a.grad.double(), b.grad, rtol=0, atol=5e-2)
+    ref = explicit(q32, k32, v32, 0.5)
+
+    def err(a, b):
+        return (a.double() - b).abs().max().item()
+
+    assert err(out, ref) <= 1.1 * err(out16, ref) + 1e-3
+    assert err(out, ref) <= 2e-2
+    out.backward(torch.ones_like(out))
+    out16.backward(torch.ones_like(out16))
+    ref.sum().backward()
+    for ours, theirs, exact in ((q, q16, q32), (k, k16, k32), (v, v16, v32)):
+        assert ours.grad.dtype == dtype and torch.isfinite(ours.grad).all()
+        scale = exact.grad.abs().max().item()
+        assert err(ours.grad, exact.grad) <= 1.1 * err(theirs.grad, exact.grad) + 1e-3 * scale
+        assert err(ours.grad, exact.grad) <= 1e-2 * scale
 
 
 def test_autocast_mixed_dtypes():
@@ -154,3 +164,17 @@ def test_map_within_one_block_takes_the_explicit_form():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     chunked = softmax_attention(q, k, v, 0.37, block_elements=29 * 16)
     assert 'ChunkedSoftmaxAttention' in type(chunked.grad_fn).__name__
+
+
+def test_export_through_the_blockwise_path(monkeypatch):
+    """torch.export traces the blockwise forward with tensors that require grad, where its
+    reused block buffers (out= writes) are not allowed: it takes the plain blocks there."""
+    import mmattn.models.layers.softmax_attention as core
+    from mmattn.models.layers import build_attention
+    monkeypatch.setattr(core, 'BLOCK_ELEMENTS', 64)  # 8x8 maps in blocks of 16 rows
+    module = build_attention('danet_pam', 16).eval()
+    with torch.no_grad():
+        module.gamma.fill_(0.5)
+    x = torch.randn(2, 16, 8, 8)
+    exported = torch.export.export(module, (x, ))
+    torch.testing.assert_close(exported.module()(x), module(x), rtol=1e-5, atol=1e-6)

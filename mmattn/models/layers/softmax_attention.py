@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from mmattn.utils.torch_compat import is_compiling
+
 from .helpers import LOW_PRECISION
 
 __all__ = ['softmax_attention', 'ChunkedSoftmaxAttention', 'chunk_rows', 'BLOCK_ELEMENTS']
@@ -45,17 +47,39 @@ def _block_probabilities(query_rows: torch.Tensor, key_t: torch.Tensor) -> torch
     return torch.softmax(torch.bmm(query_rows, key_t), dim=-1)
 
 
+def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
+    """float32 for 16-bit tensors, their own dtype otherwise."""
+    return torch.float32 if t.dtype in LOW_PRECISION else t.dtype
+
+
 def _chunked_forward(query, key, value, rows) -> torch.Tensor:
-    """``softmax(query key^T) value`` block by block. ``query`` (scaled) and ``key`` are in
-    the accumulation dtype (float32 for 16-bit inputs), ``value`` in its own; ``P V`` runs in
-    ``value``'s dtype, as in the flash kernels. (No ``out=`` writes: ``torch.export`` traces
-    this with tensors that require grad.)"""
+    """``softmax(query key^T) value`` block by block, all in ``value``'s dtype (``query``
+    already scaled).
+
+    The logits and probabilities of every block are written into one pair of buffers: a
+    block is tens of MiB for a batch, which the C allocator may hand out as fresh pages each
+    time, and faulting them in took up to half of the forward's time (8x3072x3072 in
+    bfloat16: 110-250 ms from run to run with new blocks, the explicit form 235 ms)."""
     key_t = key.transpose(1, 2)
-    outs = [
-        torch.bmm(_block_probabilities(query[:, start:start + rows], key_t).to(value.dtype),
-                  value) for start in range(0, query.shape[1], rows)
-    ]
-    return torch.cat(outs, dim=1)
+    if is_compiling() or (torch.is_grad_enabled() and
+                          any(t.requires_grad for t in (query, key, value))):
+        # traced (torch.export passes tensors that require grad) or differentiated: no out=
+        return torch.cat([
+            torch.bmm(_block_probabilities(query[:, start:start + rows], key_t), value)
+            for start in range(0, query.shape[1], rows)
+        ], dim=1)
+    n, num_queries = query.shape[:2]
+    out = value.new_empty(n, num_queries, value.shape[-1])
+    logits = probs = None
+    for start in range(0, num_queries, rows):
+        stop = min(start + rows, num_queries)
+        if logits is None or logits.shape[1] != stop - start:
+            logits = value.new_empty(n, stop - start, key.shape[1])
+            probs = torch.empty_like(logits)
+        torch.bmm(query[:, start:stop], key_t, out=logits)
+        torch.softmax(logits, dim=-1, out=probs)
+        out[:, start:stop] = torch.bmm(probs, value)
+    return out
 
 
 def _single_block(query, key, value, scale, transpose_out: bool) -> torch.Tensor:
@@ -86,49 +110,68 @@ class ChunkedSoftmaxAttention(torch.autograd.Function):
     Backward (the flash-attention recurrence): with each block's ``P`` recomputed from
     ``scale * Q`` and ``K`` (a ``d``-wide product), ``dV += P^T dO``,
     ``dS = P * (dO V^T - rowsum(dO * O))``, ``dQ = scale * dS K``, ``dK += scale * dS^T Q``.
-    16-bit inputs: logits and softmax in float32, the forward's ``P V`` in the input dtype, the
-    backward in float32.
+    16-bit inputs: the blocks (``Q K^T``, softmax, ``P V``, and in backward ``P`` again,
+    ``dO V^T``, ``dS K``, ``Q^T dS``) in 16 bits as autocast runs the explicit form, whose
+    kernels accumulate in float32; ``dO V^T - rowsum(dO * O)`` (two nearly equal terms) in
+    float32, rounded once after; the gradients summed over the blocks in float32.
     """
 
     @staticmethod
     def forward(ctx, query, key, value, scale: float, rows: int):
-        acc = torch.float32 if value.dtype in LOW_PRECISION else value.dtype
         with torch.autocast(query.device.type, enabled=False):
-            # the scale goes on Q (N x Lq x d), not on every block of logits
-            query_scaled = query.to(acc) * scale if scale != 1.0 else query.to(acc)
-            key_acc = key.to(acc)
-            out = _chunked_forward(query_scaled, key_acc, value, rows)
-        ctx.save_for_backward(query_scaled, key_acc, value, out)
+            if scale != 1.0:  # on Q (N x Lq x d), rounded once, not on every block of logits
+                query = (query.to(_accumulation_dtype(query)) * scale).to(query.dtype)
+            # the blocks in the input dtype: for 16-bit inputs, 16-bit products and softmax
+            # as autocast runs the explicit form (its kernels accumulate in float32); float32
+            # blocks took 1.8x the time at 8x3072x3072 in bfloat16
+            out = _chunked_forward(query, key, value, rows)
+        ctx.save_for_backward(query, key, value, out)
         ctx.scale, ctx.rows = scale, rows
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, value, out = ctx.saved_tensors
-        rows, acc = ctx.rows, q.dtype
-        with torch.autocast(q.device.type, enabled=False):
-            # all in the accumulation dtype: the 16-bit gradients of V, Q, K would otherwise
-            # be summed over blocks in 16 bits
-            v = value.to(acc)
-            grad_out = grad_out.to(acc).contiguous()
-            key_t, value_t = k.transpose(1, 2), v.transpose(1, 2)
-            delta = (grad_out * out.to(acc)).sum(-1, keepdim=True)  # rowsum(dO * O)
+        q_low, k_low, value, out = ctx.saved_tensors
+        rows, low = ctx.rows, value.dtype
+        acc = _accumulation_dtype(value)
+        with torch.autocast(value.device.type, enabled=False):
+            # the blocks in the forward's dtype (P recomputed exactly as the forward rounded
+            # it; 16-bit products and softmax as autograd runs the explicit form under
+            # autocast), the gradients of Q, K, V summed over the blocks in float32
+            grad_out = grad_out.contiguous()
+            delta = (grad_out.to(acc) * out.to(acc)).sum(-1, keepdim=True)  # rowsum(dO * O)
+            grad_out = grad_out.to(low)
+            key_t, value_t = k_low.transpose(1, 2), value.transpose(1, 2)
             grad_q = []
-            grad_k = torch.zeros_like(k)
-            grad_v = torch.zeros_like(v)
-            for start in range(0, q.shape[1], rows):
+            # dK and dV accumulated transposed, (N, d, Lk) and (N, dv, Lk): as (Lk x d)
+            # outputs of (Lk x rows) @ (rows x d) products they ran 6-16x slower on CPU
+            grad_k_t = out.new_zeros(k_low.shape[0], k_low.shape[2], k_low.shape[1], dtype=acc)
+            grad_v_t = out.new_zeros(value.shape[0], value.shape[2], value.shape[1], dtype=acc)
+            for start in range(0, q_low.shape[1], rows):
                 stop = start + rows
-                probs = _block_probabilities(q[:, start:stop], key_t)
+                probs = _block_probabilities(q_low[:, start:stop], key_t)
                 d_out = grad_out[:, start:stop]
-                grad_v.baddbmm_(probs.transpose(1, 2), d_out)
-                d_logits = torch.bmm(d_out, value_t).sub_(delta[:, start:stop]).mul_(probs)
-                grad_q.append(torch.bmm(d_logits, k))
-                grad_k.baddbmm_(d_logits.transpose(1, 2), q[:, start:stop])
+                _accumulate(grad_v_t, d_out.transpose(1, 2), probs)
+                # dO V^T - delta in float32 (the two nearly cancel), rounded once after
+                d_logits = torch.bmm(d_out, value_t).to(acc).sub_(delta[:, start:stop])
+                d_logits = d_logits.mul_(probs).to(low)
+                grad_q.append(torch.bmm(d_logits, k_low))
+                _accumulate(grad_k_t, q_low[:, start:stop].transpose(1, 2), d_logits)
             grad_q = torch.cat(grad_q, dim=1)
             if ctx.scale != 1.0:
                 grad_q = grad_q * ctx.scale
         dtype = value.dtype  # that of all three inputs
-        return grad_q.to(dtype), grad_k.to(dtype), grad_v.to(dtype), None, None
+        return (grad_q.to(dtype), grad_k_t.transpose(1, 2).to(dtype),
+                grad_v_t.transpose(1, 2).to(dtype), None, None)
+
+
+def _accumulate(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``total += a @ b``, ``total`` in the accumulation dtype (``baddbmm_`` where the dtypes
+    agree, a 16-bit product added to the float32 sum otherwise)."""
+    if a.dtype == total.dtype:
+        total.baddbmm_(a, b)
+    else:
+        total.add_(torch.bmm(a, b))
 
 
 def softmax_attention(query: torch.Tensor,
