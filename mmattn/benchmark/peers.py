@@ -8,13 +8,23 @@ models (its report checks the outputs). Peers:
 =========  ======================================================================
 mmattn     peers
 =========  ======================================================================
-se         timm ``SEModule``
-eca        timm ``EcaModule``
-cbam       timm ``CbamModule`` (its spatial conv reads ``[mean, max]``: channels swapped)
+se         timm ``SEModule``; the common copy with ``nn.Linear`` layers
+eca        timm ``EcaModule``; the authors' ``eca_layer`` layout
+cbam       timm ``CbamModule`` (its spatial conv reads ``[mean, max]``: channels swapped);
+           the common ``CBAMBlock`` layout (External-Attention-pytorch)
 gc         timm ``GlobalContext`` (LayerNorm eps set to mmcv's 1e-5), mmcv ``ContextBlock``
 nonlocal   timm ``NonLocalAttn`` (``W_z`` bias zero), mmcv ``NonLocal2d``
 coord      timm ``CoordAttn`` (timm >= 1.0.20)
+psa_p/_s   the authors' ``PSA_p`` / ``PSA_s`` (``mmattn.testing.plain``)
+danet_pam  the authors' ``PAM_Module`` (explicit HW x HW softmax, ``mmattn.testing.plain``)
 =========  ======================================================================
+
+The "layout" peers are not installable libraries: they run the mmattn module's own parameters
+through the operations a released or widely copied implementation uses (pooling layers,
+``torch.max``, ``nn.Linear``, a transposed ``Conv1d`` input, the explicit maps), written
+here, so that the comparison is between ways of computing one function. Where the copy
+differs in the function itself (``CBAMBlock`` adds the input back, has no biases and no
+BatchNorm) the layout peer keeps the mmattn function and only the operations.
 
 timm is a benchmark dependency only: it is imported here, when a peer is built, and never by
 ``import mmattn``; without it the timm peers are skipped with a one-line reason.
@@ -24,6 +34,7 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 __all__ = ['PeerUnavailable', 'Peer', 'PEERS', 'peer_names', 'build_peers', 'AA_CONTROL']
 
@@ -192,10 +203,77 @@ def _timm_coord(m: nn.Module) -> nn.Module:
     return _load(peer, m.state_dict(), _same_names(m, {'norm.': 'bn1.'}))
 
 
+# ----------------------------------------------------------------------------- layouts
+class _Layout(nn.Module):
+    """A peer computing ``forward_fn(source, x)``: the parameters of ``source`` (a copy of the
+    mmattn module) run through another implementation's operations."""
+
+    def __init__(self, source: nn.Module, forward_fn: Callable[[nn.Module, torch.Tensor],
+                                                                torch.Tensor]):
+        super().__init__()
+        self.source = source
+        self.forward_fn = forward_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_fn(self.source, x)
+
+
+def _layout(forward_fn, check=None):
+    def build(m: nn.Module) -> nn.Module:
+        if check is not None:
+            check(m)
+        return _Layout(m, forward_fn)
+    return build
+
+
+def _se_linear_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # pooled vector through nn.Linear layers, gate broadcast with expand_as
+    n, c = x.shape[:2]
+    y = F.adaptive_avg_pool2d(x, 1).view(n, c)
+    y = m.act(F.linear(y, m.fc1.weight.flatten(1), m.fc1.bias))
+    y = m.gate(F.linear(y, m.fc2.weight.flatten(1), m.fc2.bias))
+    return x * y.view(n, c, 1, 1).expand_as(x)
+
+
+def _eca_released_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # the authors' eca_layer: Conv1d over the channels of the pooled (N, 1, C) transposed view
+    y = F.adaptive_avg_pool2d(x, 1)
+    y = m.conv(y.squeeze(-1).transpose(-1, -2)).transpose(-1, -2).unsqueeze(-1)
+    return x * torch.sigmoid(y).expand_as(x)
+
+
+def _cbam_block_check(m: nn.Module):
+    if m.no_spatial:
+        raise PeerUnavailable('CBAMBlock layout: only the spatial gate is mapped')
+
+
+def _cbam_block_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # CBAMBlock's operations: adaptive max/avg pooling layers and one shared conv MLP applied
+    # to each; torch.max/torch.mean over channels, concatenated, conv, sigmoid
+    def mlp(t):
+        return F.conv2d(m.act(F.conv2d(t, m.fc1.weight, m.fc1.bias)), m.fc2.weight, m.fc2.bias)
+
+    out = x * torch.sigmoid(mlp(F.adaptive_max_pool2d(x, 1)) + mlp(F.adaptive_avg_pool2d(x, 1)))
+    max_map, _ = torch.max(out, dim=1, keepdim=True)
+    mean_map = torch.mean(out, dim=1, keepdim=True)
+    spatial = m.spatial_norm(m.spatial_conv(torch.cat([max_map, mean_map], dim=1)))
+    return out * torch.sigmoid(spatial)
+
+
+def _plain_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from mmattn.testing.plain import plain_forward
+    return plain_forward(m, x)
+
+
 PEERS: Dict[str, Tuple[Peer, ...]] = {
-    'se': (Peer('timm SEModule', _timm_se), ),
-    'eca': (Peer('timm EcaModule', _timm_eca), ),
-    'cbam': (Peer('timm CbamModule', _timm_cbam), ),
+    'se': (Peer('timm SEModule', _timm_se), Peer('SE with nn.Linear', _layout(_se_linear_forward))),
+    'eca': (Peer('timm EcaModule', _timm_eca),
+            Peer('authors\' eca_layer', _layout(_eca_released_forward))),
+    'cbam': (Peer('timm CbamModule', _timm_cbam),
+             Peer('CBAMBlock layout', _layout(_cbam_block_forward, _cbam_block_check))),
+    'psa_p': (Peer('authors\' PSA_p', _layout(_plain_forward)), ),
+    'psa_s': (Peer('authors\' PSA_s', _layout(_plain_forward)), ),
+    'danet_pam': (Peer('authors\' PAM_Module', _layout(_plain_forward)), ),
     'gc': (Peer('timm GlobalContext', _timm_gc), Peer('mmcv ContextBlock', _mmcv_gc)),
     'nonlocal': (Peer('timm NonLocalAttn', _timm_nonlocal), Peer('mmcv NonLocal2d',
                                                                     _mmcv_nonlocal)),
