@@ -44,19 +44,29 @@ def _outer_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _per_sample_linear(weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``weight @ y[i]`` for every sample of ``y`` (N, C, L) and ``weight`` (O, C): a
-    contiguous (N, O, L).
+    """``weight @ y[i]`` for every sample of ``y`` (N, C, L) and ``weight`` (O, C): (N, O, L).
 
-    Not ``torch.matmul``: for a 2-D times 3-D product it may fold ``y``'s transpose into a
-    copy of ``y`` and return the result transposed (one more copy in the softmax after it).
-    ``bmm`` on the weights broadcast over N allocates only the output in float32, but on CPU
-    it copies a broadcast 16-bit operand into N x O x C; there a 1-D convolution (oneDNN)
-    needs less than half of that (measured at N=8, C=384, L=48, bfloat16: 0.60 vs 1.35 MiB).
+    One product, three kernels, chosen by what each costs in memory besides the (N, O, L)
+    result (measured on CPU at N = 8 and 32, C = 384, L = 48):
+
+    * ``bmm`` on the weights broadcast over N: nothing more in float32 inference (a 1x1
+      ``conv1d`` allocates 3x the result at N = 32); but it copies a broadcast 16-bit
+      operand (N x O x C) and its backward forms the weight gradient per sample;
+    * ``conv1d`` (oneDNN): the 16-bit inference kernel (half of ``bmm``'s copy), and in
+      float32 training (the weight gradient in one reduction: 1.1 vs 3.4 MiB at N = 8);
+    * ``matmul``: 16-bit training, where it folds the batch into one GEMM for both
+      gradients (0.8 MiB vs conv1d's 1.3 at N = 8, 1.4 vs 3.8 at N = 32); in float32 it would
+      fold a copy of ``y``.
+    Off the CPU ``conv1d`` (cuDNN) throughout.
     """
     weight = weight.to(y.dtype)
-    if y.device.type == 'cpu' and y.dtype in (torch.float16, torch.bfloat16):
-        return F.conv1d(y, weight.unsqueeze(-1))
-    return torch.bmm(weight.expand(y.shape[0], -1, -1), y)
+    training = torch.is_grad_enabled() and (weight.requires_grad or y.requires_grad)
+    low = y.dtype in (torch.float16, torch.bfloat16)
+    if y.device.type == 'cpu' and training and low:
+        return torch.matmul(weight, y)
+    if y.device.type == 'cpu' and not training and not low:
+        return torch.bmm(weight.expand(y.shape[0], -1, -1), y)
+    return F.conv1d(y, weight.unsqueeze(-1))
 
 
 class _FewRowProducts(torch.autograd.Function):
