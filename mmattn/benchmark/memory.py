@@ -56,7 +56,9 @@ def cpu_peak_bytes(fn: Callable[[], object]) -> int:
             continue
         if event.device_type() != torch.autograd.DeviceType.CPU:
             continue
-        events.append((event.start_ns(), event.nbytes()))
+        # start_ns() from torch 2.2 on; torch 2.1 has start_us() only
+        start = event.start_ns() if hasattr(event, 'start_ns') else event.start_us() * 1000
+        events.append((start, event.nbytes()))
     events.sort(key=lambda e: e[0])  # stable: same-time events keep their recorded order
     live = peak = 0
     for _, nbytes in events:

@@ -13,18 +13,12 @@ from .helpers import (build_act_arg, build_norm_arg, channel_max, check_bool, ch
 __all__ = ['CBAM', 'spatial_gate']
 
 
-def spatial_gate(x: torch.Tensor, conv: nn.Module, norm: nn.Module,
-                 keep_mask: bool = False) -> torch.Tensor:
+def spatial_gate(x: torch.Tensor, conv: nn.Module, norm: nn.Module) -> torch.Tensor:
     """The spatial gate of CBAM and of each branch of Triplet attention (its "Z-pool" gate):
     ``sigmoid(norm(conv([max_c(x), mean_c(x)])))``, (N, 1, H, W), the maps over dim 1 stacked
-    in the released order ``[max, mean]``.
-
-    ``keep_mask``: the max keeps a boolean mask of the maxima for its backward instead of
-    ``x`` (:func:`~mmattn.models.layers.helpers.channel_max`); that pays where ``x`` is an
-    intermediate autograd could otherwise free (CBAM's channel-gated map), not where it stays
-    alive anyway (Triplet's branches read the input).
-    """
-    mx = channel_max(x) if keep_mask else x.amax(dim=1, keepdim=True)
+    in the released order ``[max, mean]``; the max is
+    :func:`~mmattn.models.layers.helpers.channel_max` (with indices in training)."""
+    mx = channel_max(x)
     return torch.sigmoid(norm(conv(torch.cat([mx, x.mean(dim=1, keepdim=True)], dim=1))))
 
 
@@ -50,13 +44,12 @@ class CBAM(BaseModule):
     Both MLP layers have a bias, as the released ``nn.Linear`` layers do (so ``mlp``'s output
     bias enters the sum twice); they are written as 1x1 convs, the same weights reshaped.
 
-    Gradients of the max pools: in training the global max pool is a max with indices (as
-    the release's ``F.max_pool2d``), whose backward writes into the arg-max only, 2.5x faster
-    than ``amax``'s and without its full-size masks. Where several positions of a channel
-    share its maximum exactly, the gradient goes to one of them rather than being split
-    equally among them as ``amax``'s backward does (the values, and the gradient everywhere
-    else, are the same). The channel-max map keeps ``amax``'s gradient (split on ties) and a
-    boolean mask instead of the gated map for its backward.
+    Gradients of the max pools: in training both are a max with indices, as in the release
+    (``F.max_pool2d`` over the positions, ``torch.max`` over the channels), whose backward
+    writes into the arg-max only: faster than ``amax``'s and without its full-size masks.
+    Where several positions of a channel (or channels of a position) share the maximum
+    exactly, the gradient goes to one of them rather than being split equally among them as
+    ``amax``'s backward does (the values, and the gradient everywhere else, are the same).
 
     Args:
         in_channels (int): Channels ``C`` of the input (and output).
@@ -142,7 +135,7 @@ class CBAM(BaseModule):
         x = x * self.channel_gate(x)
         if self.no_spatial:
             return x
-        return x * spatial_gate(x, self.spatial_conv, self.spatial_norm, keep_mask=True)
+        return x * spatial_gate(x, self.spatial_conv, self.spatial_norm)
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> dict:
