@@ -188,8 +188,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from mmattn.benchmark.memory import GiB
     from mmattn.benchmark.modules import Case, grid, run_case
     from mmattn.benchmark.report import (FLAG_BELOW, compile_table, model_table,
-                                         module_table, peer_flags, peer_table, plot_results,
-                                         target_rows, target_table)
+                                         module_table, peer_table, plot_results,
+                                         split_peer_flags, target_rows, target_table)
     from mmattn.benchmark.shapes import FeatureShape, parse_shapes
 
     if args.threads:
@@ -291,7 +291,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     peers = peer_table(results)
     if peers:
         skipped = sorted({note for r in results for note in r.peer_skipped})
-        flags = peer_flags(results)
+        flags, noise = split_peer_flags(results)
         sections += ['', '### Peers', '',
                      'Ratios peer / mmattn (< 1: mmattn is slower or needs more memory), '
                      f'bold below {FLAG_BELOW}; in brackets peer / mmattn in ms or MiB. '
@@ -300,8 +300,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                      'max |mmattn| of the forward (eval) outputs.', '', peers]
         if skipped:
             sections += ['', 'Peers not run: ' + '; '.join(skipped) + '.']
-        sections += ['', f'Flagged ({len(flags)}): ' + ('; '.join(flags) if flags else 'none')
-                     + '.']
+        sections += ['', f'Flagged beyond the A/A noise ({len(flags)}): '
+                     + ('; '.join(flags) if flags else 'none') + '.',
+                     '', f'Flagged within the A/A noise ({len(noise)}: the A/A control of '
+                     'the same cell is flagged too, or the ratio is no further below 1 than '
+                     'twice the control\'s distance from 1): '
+                     + ('; '.join(noise) if noise else 'none') + '.']
     comp = compile_table(results)
     if comp:
         sections += ['', '### torch.compile against eager', '', comp]

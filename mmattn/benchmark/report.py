@@ -2,14 +2,14 @@
 import math
 import os.path as osp
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .memory import GiB, MiB
 from .models import ModelResult
 from .modules import CaseResult
 
-__all__ = ['module_table', 'compile_table', 'peer_table', 'peer_flags', 'model_table',
-           'target_rows', 'target_table', 'plot_results', 'TARGETS', 'FLAG_BELOW',
+__all__ = ['module_table', 'compile_table', 'peer_table', 'peer_flags', 'split_peer_flags',
+           'model_table', 'target_rows', 'target_table', 'plot_results', 'TARGETS', 'FLAG_BELOW',
            'OUTPUT_RTOL']
 
 # peer / mmattn ratios below this are flagged (mmattn slower or hungrier by more than 5%)
@@ -152,7 +152,25 @@ def peer_table(results: Sequence[CaseResult]) -> str:
 
 def peer_flags(results: Sequence[CaseResult]) -> List[str]:
     """One line per peer ratio below :data:`FLAG_BELOW` and per peer whose output differs."""
-    flags = []
+    beyond, within = split_peer_flags(results)
+    return beyond + within
+
+
+def _within_noise(ratio: float, control: Optional[float]) -> bool:
+    """A peer ratio is within the run's noise when the A/A control of the same cell is
+    itself flagged, or when the ratio is no further below 1 than twice the control's
+    distance from 1."""
+    if control is None:
+        return False
+    return control < FLAG_BELOW or ratio >= 1 - 2 * abs(1 - control)
+
+
+def split_peer_flags(results: Sequence[CaseResult]) -> Tuple[List[str], List[str]]:
+    """The flags of :func:`peer_flags` in two lists: beyond the noise that the A/A control
+    of the same case and cell shows, and within it (the A/A control's own flags included;
+    an output difference is always beyond)."""
+    from .peers import AA_CONTROL
+    beyond, within = [], []
     names = {('time', 'fwd'): 'time fwd', ('time', 'fwdbwd'): 'time fwd+bwd',
              ('peak', 'fwd'): 'peak fwd', ('peak', 'fwdbwd'): 'peak fwd+bwd'}
     for r in results:
@@ -160,11 +178,20 @@ def peer_flags(results: Sequence[CaseResult]) -> List[str]:
             where = f'{r.name} vs {peer} at {r.shape} N={r.batch} {r.dtype}'
             for what, phase in _PEER_COLUMNS:
                 ratio = _peer_ratio(r, what, phase, peer)
-                if ratio is not None and ratio < FLAG_BELOW:
-                    flags.append(f'{where}: {names[what, phase]} {ratio:.2f}')
+                if ratio is None or ratio >= FLAG_BELOW:
+                    continue
+                line = f'{where}: {names[what, phase]} {ratio:.2f}'
+                control = _peer_ratio(r, what, phase, AA_CONTROL) \
+                    if AA_CONTROL in r.peers else None
+                if peer == AA_CONTROL or _within_noise(ratio, control):
+                    if peer != AA_CONTROL:
+                        line += f' (A/A {control:.2f})'
+                    within.append(line)
+                else:
+                    beyond.append(line)
             if _output_check(r, peer).endswith('DIFFERS'):
-                flags.append(f'{where}: output differs by {r.max_rel_err[peer]:.1e}')
-    return flags
+                beyond.append(f'{where}: output differs by {r.max_rel_err[peer]:.1e}')
+    return beyond, within
 
 
 def _pct(value: Optional[float]) -> str:
