@@ -3,7 +3,7 @@
 #   1. the whole suite in the reference environment (.venv, requirements/reference.txt), and
 #   2. the compatibility subset in the oldest supported one (.venv-oldest, torch 2.1,
 #      requirements/oldest.txt): layers, plugins, neck, registry, config builds, installation,
-#      and one short training of each demo.
+#      the benchmark's measurements, and one short training of each demo.
 #
 #   bash tools/run_tests.sh                      # both, as CI runs it
 #   bash tools/run_tests.sh -m "not slow"        # reference only, extra pytest arguments
@@ -15,7 +15,8 @@ cd "$ROOT" || exit 1
 
 if [ "$#" -gt 0 ]; then STACKS="${MMATTN_TEST_STACKS:-reference}"; else STACKS="${MMATTN_TEST_STACKS:-reference oldest}"; fi
 OLDEST_SUBSET=(tests/test_layers tests/test_models tests/test_install
-  tests/test_foundation/test_registry_scopes.py tests/test_configs)
+  tests/test_foundation/test_registry_scopes.py tests/test_configs
+  tests/test_tools/test_benchmark.py)
 
 status=0
 run_pytest() {  # venv, pytest arguments...

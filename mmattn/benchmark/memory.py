@@ -86,14 +86,23 @@ def peak_bytes(fn: Callable[[], object], device='cpu') -> int:
     return cpu_peak_bytes(fn)
 
 
+def _storages_keep_python_objects() -> bool:
+    """Whether a storage keeps one Python object for its lifetime (torch >= 2.2); torch 2.1
+    makes a new one per ``untyped_storage()`` call, so a finalizer on it says nothing."""
+    t = torch.empty(1)
+    return t.untyped_storage() is t.untyped_storage()
+
+
 class LiveStorageMeter(TorchDispatchMode):
     """Bytes of the storages that operators return, live at once (``peak``, ``live``).
 
     A storage is counted when an operator first returns a tensor on it and released when
-    the storage is freed (a weakref finalizer; storages keep their Python object for as long
-    as they live). Storages that existed before (inputs, weights) are not counted unless an
-    operator returns them; in-place results (``out`` aliasing an input) are not new storages
-    when the input's storage is already known, so call :meth:`reset` to start a region.
+    the storage is freed: a weakref finalizer on the storage where storages keep their Python
+    object (torch >= 2.2), else on every tensor an operator returns on it (views included),
+    the storage being freed with the last of them. Storages that existed before (inputs,
+    weights) are not counted unless an operator returns them; in-place results (``out``
+    aliasing an input) are not new storages when the input's storage is already known, so
+    call :meth:`reset` to start a region.
     """
 
     def __init__(self):
@@ -101,7 +110,9 @@ class LiveStorageMeter(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self._sizes = {}
-        self._known = weakref.WeakSet()
+        self._holders = {}  # storage key -> ids of the live tensors on it (torch 2.1)
+        self._seen = weakref.WeakSet()
+        self._per_storage = _storages_keep_python_objects()
 
     def reset(self):
         self.peak = self.live
@@ -110,28 +121,55 @@ class LiveStorageMeter(TorchDispatchMode):
         if self._sizes.pop(key, None) is not None:
             self.live -= nbytes
 
+    def _drop_holder(self, key: int, holder: int):
+        holders = self._holders.get(key)
+        if holders is None:
+            return
+        holders.discard(holder)
+        if not holders:
+            del self._holders[key]
+            nbytes = self._sizes.get(key)
+            if nbytes is not None:
+                self._release(key, nbytes)
+
+    def _hold(self, tensor: torch.Tensor, key: int):
+        """torch 2.1: the storage ``key`` lives at least as long as ``tensor``."""
+        if tensor in self._seen:
+            return
+        self._seen.add(tensor)
+        self._holders.setdefault(key, set()).add(id(tensor))
+        weakref.finalize(tensor, self._drop_holder, key, id(tensor))
+
     def _track(self, tensor: torch.Tensor):
         try:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):  # tensors without storage
             return
-        key = id(storage)
+        key = storage._cdata
+        if not self._per_storage:
+            self._hold(tensor, key)
         if key in self._sizes:
             return
         nbytes = storage.nbytes()
         self._sizes[key] = nbytes
         self.live += nbytes
         self.peak = max(self.peak, self.live)
-        weakref.finalize(storage, self._release, key, nbytes)
+        if self._per_storage:
+            weakref.finalize(storage, self._release, key, nbytes)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {id(a.untyped_storage()) for a in tree_leaves((args, kwargs))
+        inputs = {a.untyped_storage()._cdata for a in tree_leaves((args, kwargs))
                   if isinstance(a, torch.Tensor) and _has_storage(a)}
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor) and _has_storage(t):
-                if id(t.untyped_storage()) in inputs:
-                    continue  # a view or an in-place result: no new memory
+                key = t.untyped_storage()._cdata
+                if key in inputs:
+                    # a view or an in-place result: no new memory (but on torch 2.1 a
+                    # view of a counted storage keeps it alive)
+                    if not self._per_storage and key in self._sizes:
+                        self._hold(t, key)
+                    continue
                 self._track(t)
         return out
 
