@@ -17,7 +17,6 @@ import fcntl
 import os
 import os.path as osp
 import signal
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -63,13 +62,8 @@ class CompareOptions:
     bench_budget: float = 60.0
     bench_device: Optional[str] = None
     plot_x: str = 'gflops'
-    launcher: str = 'none'
-    nproc_per_node: int = 1
-    nnodes: int = 1
-    node_rank: int = 0
-    master_addr: str = '127.0.0.1'
-    master_port: int = 29500
-    tools_dir: str = field(default_factory=tools_root)
+    # how tools/train.py and tools/test.py are started (torchrun settings, tools folder)
+    launch: Launcher = field(default_factory=lambda: Launcher(tools_root()))
     dry_run: bool = False
 
 
@@ -93,6 +87,15 @@ def _write_text(path: str, text: str) -> None:
     with open(tmp, 'w') as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _recorded_options(opts: CompareOptions) -> dict:
+    """The options as compare.json records them: without this machine's paths (the tools
+    folder, the Python executable)."""
+    options = asdict(opts)
+    options['launch'] = {k: v for k, v in options['launch'].items()
+                         if k not in ('tools_dir', 'python')}
+    return options
 
 
 class WorkDirBusy(RuntimeError):
@@ -190,8 +193,7 @@ def run_comparison(opts: CompareOptions, log: Callable[[str], None] = print) -> 
     variants = _variants(opts)
     work_dir = osp.abspath(opts.work_dir)
     os.makedirs(osp.join(work_dir, 'configs'), exist_ok=True)
-    launcher = Launcher(opts.tools_dir, sys.executable, opts.launcher, opts.nproc_per_node,
-                        opts.nnodes, opts.node_rank, opts.master_addr, opts.master_port)
+    launcher = opts.launch
     writer = launcher.writes_results
 
     # the variant configs, and the run definitions checked against what the work dir holds
@@ -222,13 +224,12 @@ def run_comparison(opts: CompareOptions, log: Callable[[str], None] = print) -> 
             log(f'{spec.label}: {spec.config} -> {spec.run_dir}')
         return dict(configs=configs, specs=specs)
 
-    with _WorkDirLock(work_dir, opts.node_rank):
+    with _WorkDirLock(work_dir, launcher.node_rank):
         _install_signal_handlers()
         settings = dict(
             base_config=osp.abspath(opts.config), metric=metric, seeds=seeds,
             variants=[dict(name=v.name, plugins=v.plugins, description=v.description)
-                      for v in variants], options={k: v for k, v in asdict(opts).items()
-                                                   if k not in ('tools_dir', )},
+                      for v in variants], options=_recorded_options(opts),
             task=scope)
         if writer:
             write_json(osp.join(work_dir, 'compare.json'), settings)

@@ -417,6 +417,26 @@ def test_torchrun_command():
     assert Launcher('/t', python='py').command('test.py', ['c']) == ['py', '/t/test.py', 'c']
 
 
+def test_cli_torchrun_flags_become_the_launcher(monkeypatch):
+    import importlib.util
+
+    import mmattn.ablation
+    spec = importlib.util.spec_from_file_location('compare_attention_tool', TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    seen = {}
+    monkeypatch.setattr(mmattn.ablation, 'run_comparison',
+                        lambda opts: seen.setdefault('opts', opts) and {})
+    tool.main(['c.py', '--attention', 'se', '--launcher', 'pytorch', '--nproc-per-node', '2',
+               '--nnodes', '2', '--node-rank', '1', '--master-addr', '10.0.0.1',
+               '--master-port', '29600'])
+    launch = seen['opts'].launch
+    assert (launch.launcher, launch.nproc_per_node, launch.nnodes, launch.node_rank,
+            launch.master_addr, launch.master_port) == ('pytorch', 2, 2, 1, '10.0.0.1', 29600)
+    assert osp.isfile(osp.join(launch.tools_dir, 'train.py'))
+    assert not launch.writes_results
+
+
 def test_cli_help_and_dry_run(tmp_path):
     helped = subprocess.run([sys.executable, str(TOOL), '--help'], capture_output=True, text=True,
                             timeout=120)

@@ -116,8 +116,15 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from mmattn.ablation import CompareOptions, VariantError, WorkDirBusy, run_comparison
-    from mmattn.ablation.runs import RunChangedError
-    opts = CompareOptions(**{k: v for k, v in vars(args).items()})
+    from mmattn.ablation.runs import Launcher, RunChangedError
+    from mmattn.utils.paths import tools_root
+    fields = vars(args)
+    launch = Launcher(tools_root(), **{
+        k: fields.pop(k)
+        for k in ('launcher', 'nproc_per_node', 'nnodes', 'node_rank', 'master_addr',
+                  'master_port')
+    })
+    opts = CompareOptions(**fields, launch=launch)
     try:
         result = run_comparison(opts)
     except (VariantError, RunChangedError, WorkDirBusy, FileNotFoundError) as error:
