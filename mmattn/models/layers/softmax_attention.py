@@ -144,7 +144,8 @@ class ChunkedSoftmaxAttention(torch.autograd.Function):
             key_t, value_t = k_low.transpose(1, 2), value.transpose(1, 2)
             grad_q = []
             # dK and dV accumulated transposed, (N, d, Lk) and (N, dv, Lk): as (Lk x d)
-            # outputs of (Lk x rows) @ (rows x d) products they ran 6-16x slower on CPU
+            # outputs of (Lk x rows) @ (rows x d) products they ran 4.7x (dK) and 1.5x (dV)
+            # slower on CPU (blocks of 8 x 341 x 3072, d = 6, dv = 48)
             grad_k_t = out.new_zeros(k_low.shape[0], k_low.shape[2], k_low.shape[1], dtype=acc)
             grad_v_t = out.new_zeros(value.shape[0], value.shape[2], value.shape[1], dtype=acc)
             for start in range(0, q_low.shape[1], rows):
