@@ -199,7 +199,8 @@ class PolarizedSelfAttention(BaseModule):
           with ``x`` (e.g. ``g @ conv_v_left(x) = (W_v_left^T g) . x``), and no C/2 x HW map is
           formed except ``theta`` in the released ``PSA_s``, which needs its per-channel
           softmax. In ``PSA_s`` the channel weights are folded into ``conv_v_left`` per sample
-          instead of materialising ``x * a_ch``. The three C -> C/2 convolutions over HW (and
+          instead of materialising ``x * a_ch``, while those N x C/2 x C weights are the smaller
+          of the two (C/2 <= HW). The three C -> C/2 convolutions over HW (and
           their activations) become matrix-vector products; what remains over HW is reading
           ``x`` a few times (and, in the released ``PSA_s``, the ``theta`` convolution).
         * The contractions of a few vectors with ``x`` (:func:`row_products`,
