@@ -21,12 +21,13 @@ repetitions, and peak memory (CPU: PyTorch profiler allocation events; CUDA:
 max_memory_allocated), against the plain formulation of ``mmattn.testing.plain`` with the same
 weights and input. ``--compile`` adds ``torch.compile(module)`` against eager.
 
-Peers (``--peers``): the same modules against the classes users would otherwise pick
+Peers (``--peers``): the same modules against the implementations users would otherwise pick
 (timm ``SEModule``, ``EcaModule``, ``CbamModule``, ``GlobalContext``, ``NonLocalAttn``,
-``CoordAttn``; mmcv ``ContextBlock``, ``NonLocal2d``; see ``mmattn.benchmark.peers``) with the
-same weights copied in, outputs compared, and an A/A control (the module against its deep
-copy); ratios peer / mmattn of time and peak memory, those below 0.95 flagged. timm is an
-optional benchmark dependency (``pip install timm``); without it its peers are skipped.
+``CoordAttn``; mmcv ``ContextBlock``, ``NonLocal2d``; the layouts of released and widely
+copied code, the authors' PSA and DANet PAM; see ``mmattn.benchmark.peers``) with the same
+weights, outputs compared, and an A/A control (the module against its deep copy); ratios
+peer / mmattn of time and peak memory, those below 0.95 flagged. timm is an optional
+benchmark dependency (``pip install timm``); without it its peers are skipped.
 
 Models (``--models CONFIG ...``): inference pass and training iteration of each config against
 its baseline config (same folder, name without ``-psa-p`` etc.), with the FLOPs overhead of
@@ -95,8 +96,8 @@ def parse_args(argv=None):
                         help='GiB; variants predicted to need more are skipped (default 6)')
     parser.add_argument('--no-plain', action='store_true', help='skip the plain baselines')
     parser.add_argument('--peers', action='store_true',
-                        help='add the timm / mmcv peers and the A/A control to every module '
-                        'that has peers (default modules: those)')
+                        help='add the peers (timm, mmcv, released code) and the A/A control to '
+                        'every module that has peers (default modules: those)')
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
     parser.add_argument('--out', default='work_dirs/benchmark', help='output folder')
     parser.add_argument('--readme', default=None, metavar='FILE',

@@ -36,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmattn.testing.plain import plain_forward
+
 __all__ = ['PeerUnavailable', 'Peer', 'PEERS', 'peer_names', 'build_peers', 'AA_CONTROL']
 
 # variant name of the A/A control: the module against its own deep copy
@@ -260,20 +262,15 @@ def _cbam_block_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out * torch.sigmoid(spatial)
 
 
-def _plain_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from mmattn.testing.plain import plain_forward
-    return plain_forward(m, x)
-
-
 PEERS: Dict[str, Tuple[Peer, ...]] = {
     'se': (Peer('timm SEModule', _timm_se), Peer('SE with nn.Linear', _layout(_se_linear_forward))),
     'eca': (Peer('timm EcaModule', _timm_eca),
             Peer('authors\' eca_layer', _layout(_eca_released_forward))),
     'cbam': (Peer('timm CbamModule', _timm_cbam),
              Peer('CBAMBlock layout', _layout(_cbam_block_forward, _cbam_block_check))),
-    'psa_p': (Peer('authors\' PSA_p', _layout(_plain_forward)), ),
-    'psa_s': (Peer('authors\' PSA_s', _layout(_plain_forward)), ),
-    'danet_pam': (Peer('authors\' PAM_Module', _layout(_plain_forward)), ),
+    'psa_p': (Peer('authors\' PSA_p', _layout(plain_forward)), ),
+    'psa_s': (Peer('authors\' PSA_s', _layout(plain_forward)), ),
+    'danet_pam': (Peer('authors\' PAM_Module', _layout(plain_forward)), ),
     'gc': (Peer('timm GlobalContext', _timm_gc), Peer('mmcv ContextBlock', _mmcv_gc)),
     'nonlocal': (Peer('timm NonLocalAttn', _timm_nonlocal), Peer('mmcv NonLocal2d',
                                                                     _mmcv_nonlocal)),

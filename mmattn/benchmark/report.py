@@ -8,7 +8,7 @@ from .memory import GiB, MiB
 from .models import ModelResult
 from .modules import CaseResult
 
-__all__ = ['module_table', 'compile_table', 'peer_table', 'peer_flags', 'split_peer_flags',
+__all__ = ['module_table', 'compile_table', 'peer_table', 'split_peer_flags',
            'model_table', 'target_rows', 'target_table', 'plot_results', 'TARGETS', 'FLAG_BELOW',
            'OUTPUT_RTOL']
 
@@ -110,7 +110,9 @@ def _peer_ratio(r: CaseResult, what: str, phase: str, peer: str) -> Optional[flo
     return theirs / mine
 
 
-_PEER_COLUMNS = (('time', 'fwd'), ('time', 'fwdbwd'), ('peak', 'fwd'), ('peak', 'fwdbwd'))
+# (measure, phase, column label) of the peer table, in its order
+_PEER_COLUMNS = (('time', 'fwd', 'time fwd'), ('time', 'fwdbwd', 'time fwd+bwd'),
+                 ('peak', 'fwd', 'peak fwd'), ('peak', 'fwdbwd', 'peak fwd+bwd'))
 
 
 def _peer_cell(r: CaseResult, what: str, phase: str, peer: str) -> str:
@@ -140,20 +142,15 @@ def peer_table(results: Sequence[CaseResult]) -> str:
     rows = [r for r in results if r.peers and not r.error]
     if not rows:
         return ''
-    lines = ['| module | peer | C x H x W | N | dtype | time fwd | time fwd+bwd | '
-             'peak fwd | peak fwd+bwd | output rel. diff |', '|' + '---|' * 10]
+    labels = ' | '.join(label for _, _, label in _PEER_COLUMNS)
+    lines = [f'| module | peer | C x H x W | N | dtype | {labels} | output rel. diff |',
+             '|' + '---|' * (len(_PEER_COLUMNS) + 6)]
     for r in rows:
         for peer in r.peers:
-            cells = ' | '.join(_peer_cell(r, w, p, peer) for w, p in _PEER_COLUMNS)
+            cells = ' | '.join(_peer_cell(r, w, p, peer) for w, p, _ in _PEER_COLUMNS)
             lines.append(f'| {r.name} | {peer} | {r.shape} | {r.batch} | {r.dtype} | {cells} '
                          f'| {_output_check(r, peer)} |')
     return '\n'.join(lines)
-
-
-def peer_flags(results: Sequence[CaseResult]) -> List[str]:
-    """One line per peer ratio below :data:`FLAG_BELOW` and per peer whose output differs."""
-    beyond, within = split_peer_flags(results)
-    return beyond + within
 
 
 def _within_noise(ratio: float, control: Optional[float]) -> bool:
@@ -166,21 +163,19 @@ def _within_noise(ratio: float, control: Optional[float]) -> bool:
 
 
 def split_peer_flags(results: Sequence[CaseResult]) -> Tuple[List[str], List[str]]:
-    """The flags of :func:`peer_flags` in two lists: beyond the noise that the A/A control
-    of the same case and cell shows, and within it (the A/A control's own flags included;
-    an output difference is always beyond)."""
+    """One line per peer ratio below :data:`FLAG_BELOW` and per peer whose output differs,
+    in two lists: beyond the noise that the A/A control of the same case and cell shows, and
+    within it (the A/A control's own flags included; an output difference is always beyond)."""
     from .peers import AA_CONTROL
     beyond, within = [], []
-    names = {('time', 'fwd'): 'time fwd', ('time', 'fwdbwd'): 'time fwd+bwd',
-             ('peak', 'fwd'): 'peak fwd', ('peak', 'fwdbwd'): 'peak fwd+bwd'}
     for r in results:
         for peer in r.peers:
             where = f'{r.name} vs {peer} at {r.shape} N={r.batch} {r.dtype}'
-            for what, phase in _PEER_COLUMNS:
+            for what, phase, label in _PEER_COLUMNS:
                 ratio = _peer_ratio(r, what, phase, peer)
                 if ratio is None or ratio >= FLAG_BELOW:
                     continue
-                line = f'{where}: {names[what, phase]} {ratio:.2f}'
+                line = f'{where}: {label} {ratio:.2f}'
                 control = _peer_ratio(r, what, phase, AA_CONTROL) \
                     if AA_CONTROL in r.peers else None
                 if peer == AA_CONTROL or _within_noise(ratio, control):

@@ -115,16 +115,17 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import dataclasses
+
     from mmattn.ablation import CompareOptions, VariantError, WorkDirBusy, run_comparison
     from mmattn.ablation.runs import Launcher, RunChangedError
     from mmattn.utils.paths import tools_root
-    fields = vars(args)
-    launch = Launcher(tools_root(), **{
-        k: fields.pop(k)
-        for k in ('launcher', 'nproc_per_node', 'nnodes', 'node_rank', 'master_addr',
-                  'master_port')
-    })
-    opts = CompareOptions(**fields, launch=launch)
+    options = vars(args)
+    # the torchrun flags are named as Launcher's fields
+    launch = Launcher(tools_root(), **{f.name: options.pop(f.name)
+                                       for f in dataclasses.fields(Launcher)
+                                       if f.name in options})
+    opts = CompareOptions(**options, launch=launch)
     try:
         result = run_comparison(opts)
     except (VariantError, RunChangedError, WorkDirBusy, FileNotFoundError) as error:

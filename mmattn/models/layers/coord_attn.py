@@ -6,7 +6,8 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 
 from mmattn.registry import MODELS
-from .helpers import build_act_arg, build_norm_arg, check_input, check_int, rd_ratio_arg
+from .helpers import (build_act_arg, build_norm_arg, check_input, check_int, rd_ratio_arg,
+                      reduced_channels)
 
 __all__ = ['CoordinateAttention']
 
@@ -68,7 +69,7 @@ class CoordinateAttention(BaseModule):
         check_int('min_mip', min_mip, 1, owner)
         self.in_channels = in_channels
         self.rd_ratio = rd_ratio_arg(owner, rd_ratio, 1 / 32, 'reduction', reduction)
-        self.mip = max(min_mip, int(in_channels * self.rd_ratio + 1e-6))
+        self.mip = max(min_mip, reduced_channels(in_channels, self.rd_ratio, owner, min_channels=0))
         self.conv1 = nn.Conv2d(in_channels, self.mip, 1, bias=True)
         self.norm = build_norm_arg(owner, norm_cfg, self.mip)
         self.act = build_act_arg(owner, 'act_cfg', act_cfg)

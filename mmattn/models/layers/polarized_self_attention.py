@@ -9,7 +9,7 @@ from mmengine.model import BaseModule
 from mmattn.registry import MODELS
 from mmattn.utils.torch_compat import autocast_dtype, autocast_enabled, is_compiling
 
-from .helpers import check_choice, check_input, check_int, softmax_float32
+from .helpers import LOW_PRECISION, check_choice, check_input, check_int, softmax_float32
 
 __all__ = ['PolarizedSelfAttention']
 
@@ -61,7 +61,7 @@ def _per_sample_linear(weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     weight = weight.to(y.dtype)
     training = torch.is_grad_enabled() and (weight.requires_grad or y.requires_grad)
-    low = y.dtype in (torch.float16, torch.bfloat16)
+    low = y.dtype in LOW_PRECISION
     if y.device.type == 'cpu' and training and low:
         return torch.matmul(weight, y)
     if y.device.type == 'cpu' and not training and not low:

@@ -21,9 +21,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from mmattn.utils.torch_compat import is_compiling
-
-from .helpers import LOW_PRECISION
+from mmattn.utils.torch_compat import float32_or_wider, is_compiling
 
 __all__ = ['softmax_attention', 'ChunkedSoftmaxAttention', 'chunk_rows', 'BLOCK_ELEMENTS']
 
@@ -45,11 +43,6 @@ def _block_probabilities(query_rows: torch.Tensor, key_t: torch.Tensor) -> torch
     """Softmax over the keys of one block of (already scaled) query rows. ``torch.softmax``
     works row by row in cache, which beats separate max/exp/sum passes over the block."""
     return torch.softmax(torch.bmm(query_rows, key_t), dim=-1)
-
-
-def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
-    """float32 for 16-bit tensors, their own dtype otherwise."""
-    return torch.float32 if t.dtype in LOW_PRECISION else t.dtype
 
 
 def _chunked_forward(query, key, value, rows) -> torch.Tensor:
@@ -120,7 +113,7 @@ class ChunkedSoftmaxAttention(torch.autograd.Function):
     def forward(ctx, query, key, value, scale: float, rows: int):
         with torch.autocast(query.device.type, enabled=False):
             if scale != 1.0:  # on Q (N x Lq x d), rounded once, not on every block of logits
-                query = (query.to(_accumulation_dtype(query)) * scale).to(query.dtype)
+                query = (query.to(float32_or_wider(query.dtype)) * scale).to(query.dtype)
             # the blocks in the input dtype: for 16-bit inputs, 16-bit products and softmax
             # as autocast runs the explicit form (its kernels accumulate in float32); float32
             # blocks took 1.8x the time at 8x3072x3072 in bfloat16
@@ -133,7 +126,7 @@ class ChunkedSoftmaxAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q_low, k_low, value, out = ctx.saved_tensors
         rows, low = ctx.rows, value.dtype
-        acc = _accumulation_dtype(value)
+        acc = float32_or_wider(value.dtype)
         with torch.autocast(value.device.type, enabled=False):
             # the blocks in the forward's dtype (P recomputed exactly as the forward rounded
             # it; 16-bit products and softmax as autograd runs the explicit form under
